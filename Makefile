@@ -1,0 +1,12 @@
+.PHONY: run test lint bench
+
+run:  ## Parley on the embedded default at http://127.0.0.1:$${PORT:-8000}
+	@bash scripts/run.sh
+
+test:  ## the whole suite against private PostgreSQL and Redis
+	@bash scripts/test.sh
+
+lint:
+	@bash scripts/bootstrap.sh
+	.venv/bin/ruff check .
+	.venv/bin/python manage.py makemigrations --check --dry-run

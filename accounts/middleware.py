@@ -1,0 +1,37 @@
+from accounts.errors import NotFound
+from accounts.selectors import membership_default, membership_get
+
+SESSION_KEY = "parley_organization_id"
+
+
+def resolve_membership(request):
+    """The member the request acts as: the session's chosen organization, else the default one.
+
+    A stale or foreign choice in the session falls back to the default, so a user can never act in
+    an organization they do not belong to.
+    """
+    user = request.user
+    if not user.is_authenticated:
+        return None
+    chosen = request.session.get(SESSION_KEY)
+    if chosen:
+        try:
+            return membership_get(user=user, organization_id=chosen)
+        except NotFound:
+            request.session.pop(SESSION_KEY, None)
+    return membership_default(user=user)
+
+
+class CurrentOrganizationMiddleware:
+    """Resolves the current membership once per request: `request.membership` (None when anonymous).
+
+    API-key requests get theirs from DRF authentication instead (the key's organization).
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        request.membership = resolve_membership(request)
+        request.api_key = None
+        return self.get_response(request)

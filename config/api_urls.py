@@ -1,0 +1,3 @@
+"""The REST API under /api/v1/: each app's `api.py` views, wired here."""
+
+urlpatterns: list = []

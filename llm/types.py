@@ -1,0 +1,126 @@
+"""Parley's own types for talking to models. The other apps import only these (and llm.errors).
+
+A chat is a `ChatRequest` in, and an async stream of events out:
+
+    TextDelta   a piece of the answer's text
+    ToolCall    the model asks for a tool (arguments already parsed from JSON)
+    ToolResult  what a tool answered (only from the tool loop in llm.chat)
+    Usage       tokens of one provider call (one per call: a tool loop yields several)
+    Finished    the stream is over, with the reason
+
+Errors are raised, never yielded: subclasses of llm.errors.LLMError.
+No vendor SDK type crosses this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+from uuid import UUID
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    # The raw argument text when it was not valid JSON (arguments is then {}), so the tool loop
+    # can answer the model with a clear error instead of crashing.
+    raw_arguments: str | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str = ""
+    # assistant messages that called tools
+    tool_calls: tuple[ToolCall, ...] = ()
+    # tool messages: which call this answers, and the tool's name
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON schema of the arguments object
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str  # a registry alias, e.g. "demo", "gpt-5.2-instant"
+    messages: tuple[Message, ...]
+    request_id: str  # unique per turn; each provider call derives its own id from it
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str | None = None  # "auto", "none", "required" or a tool name
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    # for the call log only
+    organization_id: UUID | None = None
+    user_id: UUID | None = None
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    call_id: str
+    name: str
+    result: Any  # JSON-serializable
+    is_error: bool = False
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int = 0
+    # which provider call this was (unique; the ledger keys on it) and on which model it ran
+    call_id: str = ""
+    model: str = ""
+    provider: str = ""
+    # True when the provider reported nothing and the numbers were counted by Parley
+    estimated: bool = False
+
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason = "stop"
+
+
+StreamEvent = TextDelta | ToolCall | ToolResult | Usage | Finished
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    alias: str
+    provider: str
+    vendor_model: str
+    context_window: int
+    max_output_tokens: int
+    supports_tools: bool
+    fallbacks: tuple[str, ...] = ()
+    available: bool = True  # False when the provider has no key configured
+    display_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    name: str
+
+    def stream(self, request: ChatRequest, model: ModelInfo) -> AsyncIterator[StreamEvent]:
+        """Yield TextDelta / ToolCall / Usage / Finished for one provider call.
+
+        Raise llm.errors.LLMError subclasses, never an SDK's exception.
+        """
+        ...

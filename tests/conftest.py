@@ -1,0 +1,120 @@
+"""Shared fixtures: two tenants with members in each, factories, and the foreign-object check.
+
+Every access test builds two organizations (`org_a`, `org_b`): what belongs to A must answer 404
+to B's members and keys, and never appear in B's lists.
+"""
+
+import itertools
+from dataclasses import dataclass
+
+import pytest
+
+from accounts.models import Membership, Organization, Role, Tier, User
+from accounts.services import api_key_create, organization_create
+
+_counter = itertools.count(1)
+PASSWORD = "correct-horse-battery-staple-42"
+
+
+@pytest.fixture
+def password() -> str:
+    return PASSWORD
+
+
+@pytest.fixture
+def user_factory(db):
+    def make(email: str | None = None, **extra) -> User:
+        email = email or f"user{next(_counter)}@example.com"
+        return User.objects.create_user(email=email, password=PASSWORD, **extra)
+
+    return make
+
+
+@pytest.fixture
+def tier_factory(db):
+    def make(slug: str = "free", **overrides) -> Tier:
+        tier = Tier.objects.get(slug=slug)
+        if overrides:
+            for field, value in overrides.items():
+                setattr(tier, field, value)
+            tier.save()
+        return tier
+
+    return make
+
+
+@pytest.fixture
+def organization_factory(db, user_factory):
+    def make(name: str | None = None, owner: User | None = None, tier: str = "free") -> Organization:
+        owner = owner or user_factory()
+        return organization_create(
+            name=name or f"Org {next(_counter)}", owner=owner, tier=Tier.objects.get(slug=tier)
+        )
+
+    return make
+
+
+@pytest.fixture
+def member_factory(db, user_factory, organization_factory):
+    """A membership: `member_factory(org, role="admin")`; a new organization when none is given."""
+
+    def make(organization: Organization | None = None, role: str = Role.MEMBER, user: User | None = None) -> Membership:
+        if organization is None:
+            organization = organization_factory()
+            if role == Role.OWNER:
+                return Membership.objects.select_related("organization__tier", "user").get(organization=organization)
+        user = user or user_factory()
+        membership = Membership.objects.create(user=user, organization=organization, role=role)
+        return Membership.objects.select_related("organization__tier", "user").get(pk=membership.pk)
+
+    return make
+
+
+@dataclass
+class Tenant:
+    organization: Organization
+    owner: Membership
+    admin: Membership
+    member: Membership
+
+
+def _tenant(name: str, tier: str, organization_factory, member_factory) -> Tenant:
+    organization = organization_factory(name=name, tier=tier)
+    owner = Membership.objects.select_related("organization__tier", "user").get(organization=organization)
+    return Tenant(
+        organization=organization,
+        owner=owner,
+        admin=member_factory(organization, role=Role.ADMIN),
+        member=member_factory(organization, role=Role.MEMBER),
+    )
+
+
+@pytest.fixture
+def org_a(organization_factory, member_factory) -> Tenant:
+    return _tenant("Acme", "pro", organization_factory, member_factory)
+
+
+@pytest.fixture
+def org_b(organization_factory, member_factory) -> Tenant:
+    return _tenant("Globex", "pro", organization_factory, member_factory)
+
+
+@pytest.fixture
+def api_key_factory(db):
+    """`api_key_factory(membership)` → (key, secret)."""
+
+    def make(membership: Membership, name: str = "test key", expires_at=None):
+        return api_key_create(membership=membership, name=name, expires_at=expires_at)
+
+    return make
+
+
+@pytest.fixture
+def assert_foreign_404():
+    """`assert_foreign_404(client.get(url))`: another tenant's object is 404, never 403."""
+
+    def check(response):
+        status = getattr(response, "status_code", response)
+        assert status == 404, f"expected 404 for another tenant's object, got {status}"
+
+    return check
