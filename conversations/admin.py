@@ -1,0 +1,43 @@
+from django.contrib import admin
+
+from conversations.models import Conversation, Message, Persona
+
+
+@admin.register(Persona)
+class PersonaAdmin(admin.ModelAdmin):
+    list_display = ["name", "organization", "updated_at"]
+    list_filter = ["organization"]
+    search_fields = ["name", "organization__name"]
+    raw_id_fields = ["organization"]
+
+
+class MessageInline(admin.TabularInline):
+    model = Message
+    extra = 0
+    fields = ["position", "role", "status", "content", "model", "input_tokens", "output_tokens", "cost", "superseded"]
+    readonly_fields = fields
+    ordering = ["position"]
+    show_change_link = True
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "organization", "owner", "model", "archived", "message_count", "updated_at"]
+    list_filter = ["archived", "model"]
+    search_fields = ["title", "organization__name", "owner__email"]
+    raw_id_fields = ["organization", "owner", "persona"]
+    readonly_fields = ["created_at", "message_count", "summary_through", "summary_token_count"]
+    inlines = [MessageInline]
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ["id", "conversation", "role", "status", "model", "output_tokens", "cost", "created_at"]
+    list_filter = ["status", "role", "model"]
+    search_fields = ["id", "conversation__id", "content"]
+    raw_id_fields = ["conversation", "organization", "parent"]
+    readonly_fields = ["created_at", "updated_at", "finished_at", "last_seq", "reservation_id", "client_id"]
