@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -32,6 +33,8 @@ FLUSH_INTERVAL = 0.03  # seconds: at most ~33 delta frames per second per answer
 FLUSH_CHARS = 512  # flush sooner when this much text has gathered
 SAVE_INTERVAL = 1.0  # seconds between saves of the partial text (also the liveness heartbeat)
 HEARTBEAT_INTERVAL = 10.0  # touch `updated_at` this often even when no text arrives
+
+COST_QUANTUM = Decimal("0.00000001")  # the decimal places of Message.cost
 
 # Strong references: a task that only the event loop references can be garbage-collected.
 _tasks: set[asyncio.Task] = set()
@@ -254,8 +257,9 @@ _save_partial = database_sync_to_async(_save_partial_sync, thread_sensitive=Fals
 def _settle_and_save(
     *, generation: Generation, usages: list[Usage], status: str, error_code: str, error_message: str, content: str
 ) -> Message:
-    from billing.services import turn_settle
     from llm.tokens import count_text
+
+    from billing.services import turn_settle
 
     cost = None
     try:
@@ -281,7 +285,7 @@ def _settle_and_save(
         message.input_tokens = sum(u.input_tokens for u in usages)
         message.output_tokens = sum(u.output_tokens for u in usages)
         if cost is not None:
-            message.cost = cost
+            message.cost = Decimal(cost).quantize(COST_QUANTUM)
         message.token_count = count_text(content, generation.model) if content else 0
         message.tool_events = generation._tool_events
         message.updated_at = now

@@ -369,6 +369,19 @@ class Hub:
             )
         return False
 
+    async def aclose(self) -> None:
+        """Stop listening on the channel layer (tests, shutdown)."""
+        if self._loop is not asyncio.get_running_loop():
+            return
+        for task in [self._listener, *self._timers]:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        for conversation_id in list(self._joined):
+            await self._leave(conversation_id)
+        self._listener = None
+
     # --- the channel layer ------------------------------------------------------------------
 
     async def _join(self, conversation_id: UUID) -> None:
