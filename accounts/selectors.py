@@ -1,15 +1,22 @@
 """Tenant-scoped reads of accounts data. Missing and foreign ids raise the same `NotFound`."""
 
+from typing import TypeVar
 from uuid import UUID
 
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.db.models import Model, QuerySet
 from django.utils import timezone
 
 from accounts.errors import NotFound, Unauthenticated
-from accounts.models import ApiKey, Membership, Organization, hash_api_key
+from accounts.models import ApiKey, Invitation, Membership, Organization, hash_api_key
+
+_T = TypeVar("_T", bound=Model)
 
 
 def memberships_for_user(*, user) -> list[Membership]:
-    return list(Membership.objects.filter(user=user).select_related("organization__tier").order_by("organization__name"))
+    return list(
+        Membership.objects.filter(user=user).select_related("organization__tier").order_by("organization__name")
+    )
 
 
 def membership_get(*, user, organization_id: UUID | str) -> Membership:
@@ -85,3 +92,60 @@ def bearer_secret(authorization_header: str | bytes | None) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return secret.strip() or None
+
+
+def organizations_for_user(*, user) -> list[Organization]:
+    """The organizations the user belongs to (for the switcher), personal first, then by name."""
+    return list(Organization.objects.for_user(user).select_related("tier").order_by("-is_personal", "name"))
+
+
+def tenant_get(
+    queryset: QuerySet[_T], *, organization: Organization | UUID | str, object_id, message: str = "Not found."
+) -> _T:
+    """One row of a tenant-owned queryset by id, inside one organization.
+
+    The generic form of `<entity>_get_for_member`: missing, malformed and foreign ids all raise the
+    same `NotFound(message)`. `queryset` is any queryset of a model with an `organization` FK.
+    """
+    organization_id = getattr(organization, "pk", organization)
+    try:
+        return queryset.get(organization_id=organization_id, pk=object_id)
+    except (ObjectDoesNotExist, ValueError, ValidationError):
+        raise NotFound(message) from None
+
+
+def invitations_for_organization(*, organization: Organization, pending_only: bool = True) -> list[Invitation]:
+    """The organization's invitations, newest first; by default only those not accepted and not expired."""
+    invitations = Invitation.objects.filter(organization=organization).select_related("invited_by")
+    if pending_only:
+        invitations = invitations.filter(accepted_at__isnull=True, expires_at__gt=timezone.now())
+    return list(invitations.order_by("-created_at"))
+
+
+def invitation_get_by_token(*, token: str) -> Invitation:
+    """The invitation a link points at (for the accept page); NotFound when the token is unknown."""
+    try:
+        return Invitation.objects.select_related("organization", "invited_by").get(token=token or "")
+    except Invitation.DoesNotExist:
+        raise NotFound("This invitation link is not valid. Ask for a new invitation.") from None
+
+
+def api_keys_for_member(*, membership: Membership, include_revoked: bool = True) -> list[ApiKey]:
+    """The API keys this member may see and revoke: their own, or every key of the organization for
+    owners and admins. Newest first."""
+    keys = ApiKey.objects.for_organization(membership.organization_id).select_related("user")
+    if not membership.is_admin:
+        keys = keys.filter(user_id=membership.user_id)
+    if not include_revoked:
+        keys = keys.filter(revoked_at__isnull=True)
+    return list(keys.order_by("-created_at"))
+
+
+def api_key_get_for_member(*, membership: Membership, key_id: UUID | str) -> ApiKey:
+    keys = ApiKey.objects.all() if membership.is_admin else ApiKey.objects.filter(user_id=membership.user_id)
+    return tenant_get(
+        keys.select_related("user"),
+        organization=membership.organization_id,
+        object_id=key_id,
+        message="API key not found.",
+    )
