@@ -1,0 +1,250 @@
+"""Requests-per-minute and tokens-per-minute limits: sliding one-minute windows.
+
+With `REDIS_URL`, the windows live in Redis and one Lua script checks every scope (organization,
+member, API key) and takes the request slot in all of them atomically, so processes share limits
+and a refusal in one scope takes nothing from the others. Without Redis (the embedded default),
+or while Redis is unreachable, a process-local window does the same job. See billing/README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+WINDOW_MS = 60_000
+KEY_PREFIX = "parley:rl:"
+# After a Redis failure, skip Redis for this long instead of paying a timeout on every turn.
+REDIS_RETRY_SECONDS = 5.0
+
+
+def _clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One thing that is limited: `name` is e.g. 'org:<uuid>'; a limit of None means unlimited."""
+
+    name: str
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    retry_after: float = 0.0  # seconds until a retry can pass
+    scope: str = ""
+
+
+# Checks every token window is under its limit and every request window has a free slot; if all
+# pass, takes a slot in every request window. Returns {1} or {0, retry_ms, index of the scope}.
+# KEYS: request windows (n_req of them), then token windows. ARGV: now_ms, window_ms, n_req,
+# slot member, then one limit per key. Token entries are members "<tokens>:<id>".
+_ADMIT_LUA = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local nreq = tonumber(ARGV[3])
+local slot = ARGV[4]
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local limit = tonumber(ARGV[4 + i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if limit <= 0 then
+    return {0, window, i}
+  end
+  if i <= nreq then
+    local count = redis.call('ZCARD', key)
+    if count >= limit then
+      local entry = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+      return {0, tonumber(entry[2]) + window - now, i}
+    end
+  else
+    local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    local total = 0
+    for j = 1, #entries, 2 do
+      total = total + tonumber(string.match(entries[j], '^(%d+):'))
+    end
+    if total >= limit then
+      for j = 1, #entries, 2 do
+        total = total - tonumber(string.match(entries[j], '^(%d+):'))
+        if total < limit then
+          return {0, tonumber(entries[j + 1]) + window - now, i}
+        end
+      end
+    end
+  end
+end
+for i = 1, nreq do
+  redis.call('ZADD', KEYS[i], now, slot)
+  redis.call('PEXPIRE', KEYS[i], window)
+end
+return {1}
+"""
+
+
+class MemoryWindows:
+    """The same sliding windows in this process's memory (embedded default, or Redis down)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._windows: dict[str, deque[tuple[int, int]]] = {}
+
+    def _window(self, key: str, now: int) -> deque[tuple[int, int]]:
+        window = self._windows.setdefault(key, deque())
+        while window and window[0][0] <= now - WINDOW_MS:
+            window.popleft()
+        return window
+
+    def admit(self, scopes: Sequence[Scope], now: int) -> Verdict:
+        with self._lock:
+            for scope in scopes:
+                if scope.requests_per_minute is not None:
+                    window = self._window(KEY_PREFIX + scope.name + ":req", now)
+                    limit = scope.requests_per_minute
+                    if limit <= 0:
+                        return Verdict(False, _seconds(WINDOW_MS), scope.name)
+                    if len(window) >= limit:
+                        oldest_to_expire = window[len(window) - limit][0]
+                        return Verdict(False, _seconds(oldest_to_expire + WINDOW_MS - now), scope.name)
+                if scope.tokens_per_minute is not None:
+                    window = self._window(KEY_PREFIX + scope.name + ":tok", now)
+                    total = sum(weight for _, weight in window)
+                    if scope.tokens_per_minute <= 0:
+                        return Verdict(False, _seconds(WINDOW_MS), scope.name)
+                    if total >= scope.tokens_per_minute:
+                        for at, weight in window:
+                            total -= weight
+                            if total < scope.tokens_per_minute:
+                                return Verdict(False, _seconds(at + WINDOW_MS - now), scope.name)
+            for scope in scopes:
+                if scope.requests_per_minute is not None:
+                    self._window(KEY_PREFIX + scope.name + ":req", now).append((now, 1))
+            return Verdict(True)
+
+    def record_tokens(self, scopes: Sequence[Scope], tokens: int, now: int) -> None:
+        with self._lock:
+            for scope in scopes:
+                if scope.tokens_per_minute is not None:
+                    self._window(KEY_PREFIX + scope.name + ":tok", now).append((now, tokens))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._windows.clear()
+
+
+def _seconds(ms: float) -> float:
+    return max(1.0, float(math.ceil(ms / 1000)))
+
+
+class RateLimiter:
+    def __init__(self, redis_url: str | None) -> None:
+        self.redis_url = redis_url
+        self.memory = MemoryWindows()
+        self._redis = None
+        self._script = None
+        self._redis_down_until = 0.0
+        self._lock = threading.Lock()
+
+    def _client(self):
+        if not self.redis_url or time.monotonic() < self._redis_down_until:
+            return None
+        if self._redis is None:
+            with self._lock:
+                if self._redis is None:
+                    import redis
+
+                    client = redis.Redis.from_url(
+                        self.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=30
+                    )
+                    self._script = client.register_script(_ADMIT_LUA)
+                    self._redis = client
+        return self._redis
+
+    def _redis_failed(self, error: Exception) -> None:
+        self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+        logger.warning(
+            "Rate limits: Redis unreachable (%s); using this process's own windows for %.0f s. "
+            "Budgets are still enforced by the database.",
+            error.__class__.__name__,
+            REDIS_RETRY_SECONDS,
+        )
+
+    @property
+    def using_redis(self) -> bool:
+        return self._client() is not None
+
+    def admit(self, scopes: Sequence[Scope], now: int | None = None) -> Verdict:
+        """Take one request slot in every scope, or none when any scope is full."""
+        now = _clock_ms() if now is None else now
+        scopes = [s for s in scopes if s.requests_per_minute is not None or s.tokens_per_minute is not None]
+        if not scopes:
+            return Verdict(True)
+        client = self._client()
+        if client is not None:
+            import redis
+
+            req = [s for s in scopes if s.requests_per_minute is not None]
+            tok = [s for s in scopes if s.tokens_per_minute is not None]
+            keys = [KEY_PREFIX + s.name + ":req" for s in req] + [KEY_PREFIX + s.name + ":tok" for s in tok]
+            limits = [s.requests_per_minute for s in req] + [s.tokens_per_minute for s in tok]
+            try:
+                result = self._script(
+                    keys=keys, args=[now, WINDOW_MS, len(req), f"{now}:{uuid.uuid4().hex}", *limits], client=client
+                )
+            except redis.RedisError as error:
+                self._redis_failed(error)
+            else:
+                if int(result[0]) == 1:
+                    return Verdict(True)
+                failing = (req + tok)[int(result[2]) - 1]
+                return Verdict(False, _seconds(float(result[1])), failing.name)
+        return self.memory.admit(scopes, now)
+
+    def record_tokens(self, scopes: Sequence[Scope], tokens: int, now: int | None = None) -> None:
+        """Count tokens a call really used into the token windows (after settlement)."""
+        now = _clock_ms() if now is None else now
+        scopes = [s for s in scopes if s.tokens_per_minute is not None]
+        if not scopes or tokens <= 0:
+            return
+        client = self._client()
+        if client is not None:
+            import redis
+
+            member = f"{int(tokens)}:{uuid.uuid4().hex}"
+            try:
+                with client.pipeline(transaction=True) as pipe:
+                    for scope in scopes:
+                        key = KEY_PREFIX + scope.name + ":tok"
+                        pipe.zadd(key, {member: now})
+                        pipe.pexpire(key, WINDOW_MS)
+                    pipe.execute()
+                return
+            except redis.RedisError as error:
+                self._redis_failed(error)
+        self.memory.record_tokens(scopes, tokens, now)
+
+
+_limiter: RateLimiter | None = None
+_limiter_lock = threading.Lock()
+
+
+def limiter() -> RateLimiter:
+    """The process's rate limiter (Redis when REDIS_URL is set, else memory)."""
+    global _limiter
+    url = getattr(settings, "BILLING_RATELIMIT_REDIS_URL", None) or settings.REDIS_URL or None
+    if _limiter is None or _limiter.redis_url != url:
+        with _limiter_lock:
+            if _limiter is None or _limiter.redis_url != url:
+                _limiter = RateLimiter(url)
+    return _limiter

@@ -1,0 +1,238 @@
+"""Reads of billing data, scoped to an organization (and a member where roles matter)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from uuid import UUID
+
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from accounts.models import Membership, Organization
+from billing.models import Budget, DailyUsage, LedgerEntry, PeriodSpend, Price, RollupState
+from billing.periods import period_end, period_start
+
+ZERO = Decimal(0)
+
+
+def price_for(model: str, at: datetime | None = None) -> Price | None:
+    """The price of a model in effect at `at` (now by default), or None: then the model cannot be used."""
+    at = at or timezone.now()
+    return Price.objects.filter(model=model, effective_at__lte=at).order_by("-effective_at").first()
+
+
+def prices_current() -> list[Price]:
+    now = timezone.now()
+    latest: dict[str, Price] = {}
+    for price in Price.objects.filter(effective_at__lte=now).order_by("model", "-effective_at"):
+        latest.setdefault(price.model, price)
+    return list(latest.values())
+
+
+def organization_budget_limit(*, organization: Organization) -> Decimal:
+    """The organization's monthly budget: a staff override, else its tier's."""
+    override = Budget.objects.filter(organization=organization, membership__isnull=True).first()
+    return override.monthly_limit_usd if override else organization.tier.monthly_budget_usd
+
+
+def member_budget_limits(*, organization: Organization) -> dict[UUID, Decimal]:
+    return dict(
+        Budget.objects.filter(organization=organization, membership__isnull=False).values_list(
+            "membership_id", "monthly_limit_usd"
+        )
+    )
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    scope: str  # "organization" or "member"
+    label: str
+    limit: Decimal
+    spent: Decimal
+    reserved: Decimal
+    resets_at: datetime
+    membership_id: UUID | None = None
+
+    @property
+    def percent(self) -> int:
+        if self.limit <= 0:
+            return 100
+        return int(min(Decimal(100), self.spent * 100 / self.limit))
+
+    @property
+    def remaining(self) -> Decimal:
+        return max(ZERO, self.limit - self.spent - self.reserved)
+
+    @property
+    def level(self) -> str:
+        percent = self.percent
+        if percent >= 100:
+            return "exceeded"
+        if percent >= 90:
+            return "danger"
+        if percent >= 75:
+            return "warning"
+        return "ok"
+
+
+def budget_statuses(*, membership: Membership, at: datetime | None = None) -> list[BudgetStatus]:
+    """This period's budgets that apply to the member: the organization's, and the member's own if set."""
+    at = at or timezone.now()
+    organization = membership.organization
+    start = period_start(at)
+    resets = period_end(at)
+    counters = {
+        c.membership_id: c
+        for c in PeriodSpend.objects.filter(organization=organization, period_start=start).filter(
+            Q(membership__isnull=True) | Q(membership=membership)
+        )
+    }
+    org_counter = counters.get(None)
+    statuses = [
+        BudgetStatus(
+            scope="organization",
+            label=f"{organization.name} this month",
+            limit=organization_budget_limit(organization=organization),
+            spent=org_counter.spent if org_counter else ZERO,
+            reserved=org_counter.reserved if org_counter else ZERO,
+            resets_at=resets,
+        )
+    ]
+    own = Budget.objects.filter(organization=organization, membership=membership).first()
+    if own is not None:
+        mine = counters.get(membership.id)
+        statuses.append(
+            BudgetStatus(
+                scope="member",
+                label="Your own budget this month",
+                limit=own.monthly_limit_usd,
+                spent=mine.spent if mine else ZERO,
+                reserved=mine.reserved if mine else ZERO,
+                resets_at=resets,
+                membership_id=membership.id,
+            )
+        )
+    return statuses
+
+
+def member_spend_this_period(*, organization: Organization, at: datetime | None = None) -> dict[UUID, Decimal]:
+    at = at or timezone.now()
+    return dict(
+        PeriodSpend.objects.filter(
+            organization=organization, period_start=period_start(at), membership__isnull=False
+        ).values_list("membership_id", "spent")
+    )
+
+
+# --- usage reports: the daily summary for rolled-up days, the ledger for the rest -----------------
+
+
+def _rolled_through() -> date | None:
+    state = RollupState.objects.filter(pk=1).first()
+    return state.rolled_through if state else None
+
+
+def _day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    start: date
+    end: date  # exclusive
+    total_cost: Decimal
+    total_calls: int
+    by_day: list[tuple[date, Decimal]]
+    by_model: list[tuple[str, Decimal, int, int, int]]  # model, cost, calls, input, output
+    by_member: list[tuple[UUID | None, Decimal]]
+
+
+def usage_report(
+    *, organization: Organization, start: date, end: date, membership: Membership | None = None
+) -> UsageReport:
+    """Spend of an organization (or of one member in it) for days in [start, end).
+
+    Days before the roll-up watermark come from DailyUsage (a few hundred rows a month whatever
+    the ledger's size); later days are aggregated from the ledger, which holds at most a day or two.
+    """
+    rolled = _rolled_through()
+    split = min(max(rolled, start), end) if rolled else start
+
+    summary = DailyUsage.objects.filter(organization=organization, day__gte=start, day__lt=split)
+    ledger = LedgerEntry.objects.for_organization(organization).filter(
+        created_at__gte=_day_start(split), created_at__lt=_day_start(end)
+    )
+    if membership is not None:
+        summary = summary.filter(membership=membership)
+        ledger = ledger.filter(membership=membership)
+
+    by_day: dict[date, Decimal] = {}
+    for day, cost in summary.values_list("day").annotate(c=Sum("cost")).values_list("day", "c"):
+        by_day[day] = by_day.get(day, ZERO) + cost
+    for day, cost in (
+        ledger.annotate(day=TruncDate("created_at", tzinfo=UTC)).values_list("day").annotate(c=Sum("cost")).order_by()
+        .values_list("day", "c")
+    ):
+        by_day[day] = by_day.get(day, ZERO) + cost
+
+    by_model: dict[str, list] = {}
+    for model, cost, calls, inp, out in (
+        summary.values_list("model")
+        .annotate(c=Sum("cost"), n=Sum("calls"), i=Sum("input_tokens"), o=Sum("output_tokens"))
+        .values_list("model", "c", "n", "i", "o")
+    ):
+        by_model[model] = [cost, calls, inp, out]
+    for model, cost, calls, inp, out in (
+        ledger.values_list("model")
+        .annotate(c=Sum("cost"), n=Count("id"), i=Sum("input_tokens"), o=Sum("output_tokens"))
+        .order_by()
+        .values_list("model", "c", "n", "i", "o")
+    ):
+        row = by_model.setdefault(model, [ZERO, 0, 0, 0])
+        row[0] += cost
+        row[1] += calls
+        row[2] += inp
+        row[3] += out
+
+    by_member: dict[UUID | None, Decimal] = {}
+    if membership is None:
+        for member_id, cost in summary.values_list("membership_id").annotate(c=Sum("cost")).values_list(
+            "membership_id", "c"
+        ):
+            by_member[member_id] = by_member.get(member_id, ZERO) + cost
+        for member_id, cost in (
+            ledger.values_list("membership_id").annotate(c=Sum("cost")).order_by().values_list("membership_id", "c")
+        ):
+            by_member[member_id] = by_member.get(member_id, ZERO) + cost
+
+    days = []
+    day = start
+    while day < end:
+        days.append((day, by_day.get(day, ZERO)))
+        day += timedelta(days=1)
+    return UsageReport(
+        start=start,
+        end=end,
+        total_cost=sum((cost for _, cost in days), ZERO),
+        total_calls=sum(row[1] for row in by_model.values()),
+        by_day=days,
+        by_model=sorted(
+            ((m, r[0], r[1], r[2], r[3]) for m, r in by_model.items()), key=lambda row: (-row[1], row[0])
+        ),
+        by_member=sorted(by_member.items(), key=lambda row: -row[1]),
+    )
+
+
+def ledger_for_export(
+    *, organization: Organization, start: date, end: date, membership: Membership | None = None
+):
+    """Ledger rows for days in [start, end), oldest first, as an iterator (for CSV streaming)."""
+    rows = LedgerEntry.objects.for_organization(organization).filter(
+        created_at__gte=_day_start(start), created_at__lt=_day_start(end)
+    )
+    if membership is not None:
+        rows = rows.filter(membership=membership)
+    return rows.select_related("api_key").order_by("created_at", "request_id").iterator(chunk_size=2000)

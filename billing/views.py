@@ -1,0 +1,192 @@
+"""The usage page, its CSV export, and setting a member's budget. Thin: parse, call, render."""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, date, timedelta
+from decimal import Decimal, InvalidOperation
+from functools import wraps
+from uuid import UUID
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from accounts.errors import NotFound, ParleyError
+from accounts.selectors import member_get_in_organization, organization_members
+from billing import selectors, services
+from billing.periods import period_end, period_start
+
+CHART_WIDTH = 720
+CHART_HEIGHT = 160
+
+
+def member_required(view):
+    @login_required
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs):
+        if getattr(request, "membership", None) is None:
+            messages.info(request, "Join or create an organization first.")
+            return redirect("/dashboard/")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def _bars(by_day: list[tuple[date, Decimal]]) -> dict:
+    """Geometry of a server-rendered SVG bar chart (no JavaScript, no CDN)."""
+    top = max((cost for _, cost in by_day), default=Decimal(0))
+    slot = CHART_WIDTH / max(1, len(by_day))
+    bars = []
+    for index, (day, cost) in enumerate(by_day):
+        height = float(cost / top) * (CHART_HEIGHT - 20) if top > 0 else 0.0
+        bars.append(
+            {
+                "x": round(index * slot + 1, 1),
+                "y": round(CHART_HEIGHT - height, 1),
+                "width": round(max(1.0, slot - 2), 1),
+                "height": round(height, 1),
+                "day": day,
+                "cost": cost,
+                "label": day.day == 1 or index == 0 or day.day % 5 == 0,
+                "label_x": round(index * slot + slot / 2, 1),
+            }
+        )
+    return {"bars": bars, "width": CHART_WIDTH, "height": CHART_HEIGHT, "top": top}
+
+
+@member_required
+def usage_page(request: HttpRequest) -> HttpResponse:
+    membership = request.membership
+    organization = membership.organization
+    now = timezone.now()
+    start = period_start(now)
+    end = period_end(now).date()
+    scope_member = None if membership.is_admin else membership
+    report = selectors.usage_report(organization=organization, start=start, end=end, membership=scope_member)
+    context = {
+        "budgets": selectors.budget_statuses(membership=membership, at=now),
+        "report": report,
+        "chart": _bars(report.by_day),
+        "period_label": f"{start:%B %Y}",
+        "resets_at": period_end(now),
+        "org_wide": scope_member is None,
+        "today": now.astimezone(UTC).date(),
+        "export_start": start,
+        "export_end": now.astimezone(UTC).date(),
+    }
+    if membership.is_admin:
+        members = organization_members(organization=organization)
+        spend = dict(report.by_member)
+        limits = selectors.member_budget_limits(organization=organization)
+        period_spend = selectors.member_spend_this_period(organization=organization, at=now)
+        context["members"] = [
+            {
+                "membership": m,
+                "spent": spend.get(m.id, Decimal(0)),
+                "period_spent": period_spend.get(m.id, Decimal(0)),
+                "budget": limits.get(m.id),
+            }
+            for m in members
+        ]
+        known = {m.id for m in members}
+        context["former_members_spend"] = sum((c for mid, c in report.by_member if mid not in known), Decimal(0))
+    return render(request, "billing/usage.html", context)
+
+
+def _parse_day(value: str | None, default: date) -> date:
+    if not value:
+        return default
+    return date.fromisoformat(value)
+
+
+@member_required
+def usage_csv(request: HttpRequest) -> HttpResponse:
+    """The ledger for days [start, end] inclusive: the whole organization for owners/admins, else one's own."""
+    membership = request.membership
+    today = timezone.now().astimezone(UTC).date()
+    try:
+        start = _parse_day(request.GET.get("start"), period_start(timezone.now()))
+        end = _parse_day(request.GET.get("end"), today)
+    except ValueError:
+        return HttpResponseBadRequest("Dates are YYYY-MM-DD.")
+    if end < start:
+        return HttpResponseBadRequest("The end date is before the start date.")
+    rows = selectors.ledger_for_export(
+        organization=membership.organization,
+        start=start,
+        end=end + timedelta(days=1),
+        membership=None if membership.is_admin else membership,
+    )
+
+    class Echo:
+        def write(self, value: str) -> str:
+            return value
+
+    writer = csv.writer(Echo())
+    header = [
+        "created_at", "request_id", "member", "api_key", "conversation_id", "message_id", "provider", "model",
+        "input_tokens", "output_tokens", "cached_input_tokens", "input_per_mtok", "output_per_mtok",
+        "cached_input_per_mtok", "cost_usd", "estimated",
+    ]  # fmt: skip
+
+    def lines():
+        yield writer.writerow(header)
+        for e in rows:
+            yield writer.writerow(
+                [
+                    e.created_at.astimezone(UTC).isoformat(),
+                    e.request_id,
+                    e.user_email,
+                    e.api_key.prefix if e.api_key else "",
+                    e.conversation_id or "",
+                    e.message_id or "",
+                    e.provider,
+                    e.model,
+                    e.input_tokens,
+                    e.output_tokens,
+                    e.cached_input_tokens,
+                    e.input_per_mtok,
+                    e.output_per_mtok,
+                    e.cached_input_per_mtok,
+                    e.cost,
+                    int(e.estimated),
+                ]
+            )
+
+    response = StreamingHttpResponse(lines(), content_type="text/csv")
+    slug = membership.organization.slug
+    response["Content-Disposition"] = f'attachment; filename="parley-usage-{slug}-{start}-{end}.csv"'
+    return response
+
+
+@require_POST
+@member_required
+def member_budget(request: HttpRequest, membership_id: UUID) -> HttpResponse:
+    actor = request.membership
+    if not actor.is_admin:
+        # A plain member cannot tell whether the id exists in the organization.
+        raise Http404("Member not found.")
+    try:
+        member = member_get_in_organization(organization=actor.organization, membership_id=membership_id)
+    except NotFound:
+        raise Http404("Member not found.") from None
+    raw = (request.POST.get("monthly_limit_usd") or "").strip()
+    try:
+        amount = Decimal(raw) if raw else None
+        if amount is not None and (not amount.is_finite() or amount < 0):
+            raise InvalidOperation
+    except InvalidOperation:
+        messages.error(request, "Enter a budget in US dollars, e.g. 25 or 12.50, or leave it empty for none.")
+        return redirect("billing:usage")
+    try:
+        services.member_budget_set(actor=actor, member=member, monthly_limit_usd=amount)
+    except ParleyError as error:
+        messages.error(request, error.message)
+        return redirect("billing:usage")
+    who = member.user.email
+    messages.success(request, f"Budget of {who} set to ${amount}." if amount is not None else f"{who} has no own budget now.")
+    return redirect("billing:usage")
