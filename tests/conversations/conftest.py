@@ -134,3 +134,11 @@ async def wait_idle() -> None:
 @database_sync_to_async
 def db(fn, *args, **kwargs):
     return fn(*args, **kwargs)
+
+
+@database_sync_to_async
+def ledger_for(message_id) -> list:
+    """The billing ledger rows of one answer."""
+    from billing.models import LedgerEntry
+
+    return list(LedgerEntry.objects.filter(message_id=message_id))
