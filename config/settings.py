@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "allauth",
     "allauth.account",
@@ -179,6 +180,14 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Each app adds its periodic tasks in its own `beat.py`; config/celery.py collects them.
 CELERY_BEAT_SCHEDULE: dict = {}
+# billing: release reservations of crashed processes, budget alerts, daily usage summary.
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "billing-release-expired-reservations": {"task": "billing.reservations_release_expired", "schedule": 60.0},
+        "billing-budget-alerts": {"task": "billing.budget_alerts_sweep", "schedule": 300.0},
+        "billing-usage-rollup": {"task": "billing.usage_rollup", "schedule": 900.0},
+    }
+)
 
 # --- Auth and allauth -----------------------------------------------------------------------
 AUTHENTICATION_BACKENDS = [
@@ -215,6 +224,8 @@ if EMAIL_URL or env_str("EMAIL_HOST"):
 else:
     EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Parley <noreply@localhost>")
+# Scheme and host used in links of e-mails sent outside a request (invitations use the request's own).
+PARLEY_SITE_URL = env_str("PARLEY_SITE_URL", "http://127.0.0.1:8000")
 
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -226,12 +237,18 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Parley API",
     "DESCRIPTION": "Multi-tenant chat with large language models.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI's assets are served from the drf-spectacular-sidecar package (works offline).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # --- Providers (the SDKs' own variable names) -----------------------------------------------
