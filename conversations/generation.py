@@ -223,7 +223,7 @@ class Generation:
                 except Exception:
                     logger.warning("closing the provider stream of %s failed", self.message_id, exc_info=True)
                 usages = list(getattr(self.stream, "usages", []) or [])
-            message = await _settle_and_save(
+            message = await database_sync_to_async(settle_and_save)(
                 generation=self,
                 usages=usages,
                 status=status,
@@ -253,8 +253,7 @@ def _save_partial_sync(message_id: UUID, content: str, seq: int) -> None:
 _save_partial = database_sync_to_async(_save_partial_sync, thread_sensitive=False)
 
 
-@database_sync_to_async
-def _settle_and_save(
+def settle_and_save(
     *, generation: Generation, usages: list[Usage], status: str, error_code: str, error_message: str, content: str
 ) -> Message:
     from llm.tokens import count_text
