@@ -18,7 +18,7 @@ from decimal import Decimal
 from uuid import UUID
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -128,7 +128,10 @@ def _lock_counter_ids(ids: Sequence[int]) -> dict[int, PeriodSpend]:
 
 
 def _money(value: Decimal) -> str:
-    return f"${value.quantize(Decimal('0.01'))}"
+    cents = value.quantize(Decimal("0.01"))
+    if cents != value and abs(value) < 1:
+        return f"${value.quantize(Decimal('0.0001'))}"
+    return f"${cents}"
 
 
 # --- authorize -----------------------------------------------------------------------------------
@@ -139,9 +142,15 @@ def _model_output_limit(model: str) -> int | None:
         from llm.registry import model_get
     except ImportError:
         return None
+    from llm.errors import LLMError
+
     try:
-        return model_get(model).max_output_tokens
-    except Exception:  # unknown or unconfigured: the turn itself reports that; billing only clamps
+        with transaction.atomic():  # a savepoint: a failed lookup must not break the caller's transaction
+            return model_get(model).max_output_tokens
+    except LLMError:  # unknown or unconfigured: the turn itself reports that; billing only clamps
+        return None
+    except DatabaseError:
+        logger.exception("model registry lookup failed for %s", model)
         return None
 
 
