@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from dataclasses import dataclass, field
@@ -86,7 +87,9 @@ class Generation:
 
     def start(self) -> asyncio.Task:
         self.hub.generation_register(self)
-        self.task = _keep(asyncio.ensure_future(self._run()))
+        # A fresh context: the task outlives the request or socket that started it, and must not
+        # inherit its per-request state (asgiref's thread-sensitive context ends with the request).
+        self.task = _keep(self._loop.create_task(self._run(), context=contextvars.Context()))
         return self.task
 
     def cancel(self) -> None:
