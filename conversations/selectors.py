@@ -92,3 +92,21 @@ def persona_get_for_member(*, membership: Membership, persona_id: UUID | str) ->
         return Persona.objects.for_organization(membership.organization_id).get(id=persona_id)
     except Persona.DoesNotExist:
         raise PersonaNotFound() from None
+
+
+def conversations_page_for_member(*, membership: Membership, archived: bool = False, search: str = ""):
+    """The chat list's queryset (paginated by the page): the member's conversations, newest first.
+
+    `search` matches the title or the text of any visible message.
+    """
+    from django.db.models import Exists, OuterRef, Q
+
+    qs = Conversation.objects.for_member(membership).filter(archived=archived)
+    search = search.strip()
+    if search:
+        in_messages = Message.objects.filter(
+            conversation=OuterRef("pk"), organization_id=membership.organization_id, superseded=False,
+            content__icontains=search,
+        )  # fmt: skip
+        qs = qs.filter(Q(title__icontains=search) | Exists(in_messages))
+    return qs.order_by("-updated_at", "-id")
