@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -20,9 +21,11 @@ from typing import Any
 from uuid import UUID
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from billing.services import turn_settle
 from conversations import hub as hub_module
 from conversations.models import Conversation, Message, Status
 from llm.errors import LLMError
@@ -32,6 +35,15 @@ logger = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.03  # seconds: at most ~33 delta frames per second per answer
 FLUSH_CHARS = 512  # flush sooner when this much text has gathered
+
+
+def flush_interval() -> float:
+    """FLUSH_INTERVAL, or settings/env PARLEY_STREAM_FLUSH_INTERVAL (0 turns coalescing off: benchmarks)."""
+    value = getattr(settings, "PARLEY_STREAM_FLUSH_INTERVAL", None)
+    if value is None:
+        value = os.environ.get("PARLEY_STREAM_FLUSH_INTERVAL", "").strip() or FLUSH_INTERVAL
+    return float(value)
+
 SAVE_INTERVAL = 1.0  # seconds between saves of the partial text (also the liveness heartbeat)
 HEARTBEAT_INTERVAL = 10.0  # touch `updated_at` this often even when no text arrives
 
@@ -82,6 +94,7 @@ class Generation:
         self._last_write = time.monotonic()
         self._mid = str(self.message_id)
         self._loop = asyncio.get_running_loop()
+        self._flush_interval = flush_interval()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -150,10 +163,10 @@ class Generation:
         self._pending.append(text)
         self._pending_chars += len(text)
         now = self._loop.time()
-        if now - self._last_flush >= FLUSH_INTERVAL or self._pending_chars >= FLUSH_CHARS:
+        if now - self._last_flush >= self._flush_interval or self._pending_chars >= FLUSH_CHARS:
             await self._flush()
         elif self._timer is None:
-            self._timer = self._loop.call_at(self._last_flush + FLUSH_INTERVAL, self._on_timer)
+            self._timer = self._loop.call_at(self._last_flush + self._flush_interval, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -260,8 +273,6 @@ def settle_and_save(
     *, generation: Generation, usages: list[Usage], status: str, error_code: str, error_message: str, content: str
 ) -> Message:
     from llm.tokens import count_text
-
-    from billing.services import turn_settle
 
     cost = None
     try:

@@ -132,6 +132,7 @@ class Hub:
         self._listener: asyncio.Task | None = None
         self._joined: set[UUID] = set()
         self._timers: set[asyncio.Task] = set()
+        self._channel_lock = asyncio.Lock()
 
     def _bind(self) -> None:
         """Hub state belongs to one event loop (tests run one loop per test)."""
@@ -388,11 +389,12 @@ class Hub:
         if conversation_id in self._joined:
             return
         self._joined.add(conversation_id)
-        if self._channel is None:
-            self._channel = await self._layer.new_channel(prefix=f"hub.{self.process_id}.")
+        async with self._channel_lock:
+            if self._channel is None:
+                self._channel = await self._layer.new_channel(prefix=f"hub.{self.process_id}.")
+            if self._listener is None or self._listener.done():
+                self._listener = asyncio.ensure_future(self._listen(self._channel))
         await self._layer.group_add(group_name(conversation_id), self._channel)
-        if self._listener is None or self._listener.done():
-            self._listener = asyncio.ensure_future(self._listen(self._channel))
 
     async def _leave(self, conversation_id: UUID) -> None:
         if conversation_id not in self._joined:

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from accounts.errors import InvalidInput, ParleyError, PermissionDenied
 from accounts.models import Membership
+from billing.services import turn_authorize
 from conversations import hub as hub_module
 from conversations.errors import Busy, ConversationNotFound, MessageNotFound
 from conversations.generation import Generation, generation_wait
@@ -209,7 +210,6 @@ def _turn_begin_locked(
     edit_of: UUID | None,
     regenerate: bool,
 ) -> tuple[TurnStarted, ChatRequest, object]:
-    from billing.services import turn_authorize
     from llm.tokens import count_text
 
     now = timezone.now()
