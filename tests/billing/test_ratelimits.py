@@ -1,0 +1,153 @@
+"""Requests and tokens per minute, per organization, member and API key, in Redis or in memory."""
+
+import pytest
+from django.conf import settings
+
+from accounts.models import Tier
+from billing import limits
+from billing.errors import RateLimitExceeded
+from billing.limits import MemoryWindows, RateLimiter, Scope
+from billing.models import RateLimitPolicy
+
+from .conftest import authorize, ensure_test_model, settle, usage_for
+
+
+class Clock:
+    def __init__(self, start_ms: int = 1_800_000_000_000):
+        self.now = start_ms
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * 1000)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(limits, "_clock_ms", clock)
+    return clock
+
+
+def set_limits(rpm: int, tpm: int, **policy) -> None:
+    ensure_test_model(requests_per_minute=rpm, tokens_per_minute=tpm)
+    if policy:
+        for tier in Tier.objects.all():
+            RateLimitPolicy.objects.update_or_create(tier=tier, defaults=policy)
+
+
+@pytest.mark.django_db
+def test_the_n_plus_first_request_in_a_minute_is_refused_with_retry_after(org_a, clock):
+    set_limits(rpm=3, tpm=10**9)
+    authorize(org_a.member)
+    clock.advance(10)
+    authorize(org_a.member)
+    clock.advance(10)
+    authorize(org_a.member)
+    clock.advance(5)
+    with pytest.raises(RateLimitExceeded) as refused:
+        authorize(org_a.member)
+    assert refused.value.code == "rate_limited"
+    assert refused.value.retry_after == 35  # the first request leaves the window 60 s after it came
+    clock.advance(34)
+    with pytest.raises(RateLimitExceeded) as again:
+        authorize(org_a.member)
+    assert again.value.retry_after == 1
+    clock.advance(1.001)
+    authorize(org_a.member)
+
+
+@pytest.mark.django_db
+def test_organization_limit_is_shared_by_members_and_member_limits_are_their_own(org_a, org_b, clock):
+    set_limits(rpm=4, tpm=10**9, member_requests_per_minute=2)
+    authorize(org_a.member)
+    authorize(org_a.member)
+    with pytest.raises(RateLimitExceeded):
+        authorize(org_a.member)  # the member's own 2 per minute
+    authorize(org_a.admin)
+    authorize(org_a.admin)
+    with pytest.raises(RateLimitExceeded):
+        authorize(org_a.owner)  # the organization's 4 per minute, though the owner has sent nothing
+    authorize(org_b.member)  # another organization is not affected
+
+
+@pytest.mark.django_db
+def test_a_refusal_takes_no_slot_in_other_scopes(org_a, clock):
+    set_limits(rpm=3, tpm=10**9, member_requests_per_minute=1)
+    authorize(org_a.member)
+    for _ in range(5):
+        with pytest.raises(RateLimitExceeded):
+            authorize(org_a.member)
+    authorize(org_a.admin)
+    authorize(org_a.owner)  # the member's refusals did not use up the organization's 3
+
+
+@pytest.mark.django_db
+def test_api_key_limit(org_a, api_key_factory, clock):
+    set_limits(rpm=100, tpm=10**9, api_key_requests_per_minute=1)
+    key, _ = api_key_factory(org_a.member)
+    authorize(org_a.member, api_key=key)
+    with pytest.raises(RateLimitExceeded):
+        authorize(org_a.member, api_key=key)
+    authorize(org_a.member)  # the same member without the key
+
+
+@pytest.mark.django_db
+def test_tokens_per_minute_count_the_real_tokens_after_settlement(org_a, clock):
+    set_limits(rpm=1000, tpm=5000)
+    auth = authorize(org_a.member, prompt_tokens=100, max_output_tokens=1000)
+    authorize(org_a.member)  # nothing settled yet: no tokens counted
+    clock.advance(20)
+    settle(auth, org_a.member, [usage_for(auth, input_tokens=3000, output_tokens=2500)])
+    clock.advance(1)
+    with pytest.raises(RateLimitExceeded) as refused:
+        authorize(org_a.member)
+    assert refused.value.retry_after == 59  # until the 5500 settled tokens leave the window
+    clock.advance(59)
+    authorize(org_a.member)
+
+
+@pytest.mark.django_db
+def test_tokens_below_the_limit_pass(org_a, clock):
+    set_limits(rpm=1000, tpm=5000)
+    auth = authorize(org_a.member)
+    settle(auth, org_a.member, [usage_for(auth, input_tokens=2000, output_tokens=2000)])
+    authorize(org_a.member)
+
+
+def test_memory_windows_match_the_redis_script():
+    memory = MemoryWindows()
+    scope = [Scope("org:x", 2, 100)]
+    assert memory.admit(scope, 0).allowed
+    assert memory.admit(scope, 1000).allowed
+    refused = memory.admit(scope, 2000)
+    assert not refused.allowed and refused.retry_after == 58
+    assert memory.admit(scope, 60_001).allowed
+    memory.record_tokens(scope, 150, 61_000)
+    refused = memory.admit(scope, 62_000)
+    assert not refused.allowed and refused.retry_after == 59
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis")
+def test_redis_script_shares_windows_between_limiters():
+    name = "org:shared-test"
+    first, second = RateLimiter(settings.REDIS_URL), RateLimiter(settings.REDIS_URL)
+    assert first.using_redis
+    import uuid
+
+    scope = [Scope(f"{name}-{uuid.uuid4()}", 2, None)]
+    now = limits._clock_ms()
+    assert first.admit(scope, now).allowed
+    assert second.admit(scope, now + 1).allowed  # another process sees the first's slot
+    refused = first.admit(scope, now + 2)
+    assert not refused.allowed and refused.retry_after == 60
+
+
+def test_redis_down_falls_back_to_memory(caplog):
+    limiter = RateLimiter("redis://127.0.0.1:1/0")  # nothing listens there
+    scope = [Scope("org:down", 1, None)]
+    assert limiter.admit(scope, 0).allowed  # fails open to this process's window…
+    assert "Redis unreachable" in caplog.text
+    assert not limiter.admit(scope, 1).allowed  # …which still limits
+    assert not limiter.using_redis  # and Redis is not retried for a few seconds
