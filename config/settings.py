@@ -249,6 +249,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "MembershipRoleEnum": "accounts.models.Role.choices",
+        "MessageRoleEnum": "conversations.models.Role.choices",
+    },
 }
 
 # --- Providers (the SDKs' own variable names) -----------------------------------------------
