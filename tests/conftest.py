@@ -12,6 +12,8 @@ import pytest
 from accounts.models import Membership, Organization, Role, Tier, User
 from accounts.services import api_key_create, organization_create
 
+pytest_plugins = ["tests.fakeprovider.plugin"]
+
 _counter = itertools.count(1)
 PASSWORD = "correct-horse-battery-staple-42"
 
