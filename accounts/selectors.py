@@ -25,7 +25,7 @@ def membership_get(*, user, organization_id: UUID | str) -> Membership:
         return Membership.objects.select_related("organization__tier", "user").get(
             user=user, organization_id=organization_id
         )
-    except (Membership.DoesNotExist, ValueError):
+    except (Membership.DoesNotExist, ValueError, ValidationError):
         raise NotFound("Organization not found.") from None
 
 
@@ -46,7 +46,7 @@ def organization_members(*, organization: Organization) -> list[Membership]:
 def member_get_in_organization(*, organization: Organization, membership_id: UUID | str) -> Membership:
     try:
         return Membership.objects.for_organization(organization).select_related("user").get(id=membership_id)
-    except (Membership.DoesNotExist, ValueError):
+    except (Membership.DoesNotExist, ValueError, ValidationError):
         raise NotFound("Member not found.") from None
 
 
