@@ -717,11 +717,16 @@
     refreshActions();
   }
 
+  var stats = { finished: 0, mismatched: 0 };
+
   function onFinished(message) {
     var m = messages.get(message.id);
     if (!m) return;
     if (m.status !== "streaming" && m.finishedSeen) return;
     m.finishedSeen = true;
+    // The protocol's invariant: the deltas (or a snapshot and the deltas after it) add up to the content.
+    stats.finished += 1;
+    if (m.content !== (message.content || "")) stats.mismatched += 1;
     finish(m, message);
     // Swap in the server's rendering (code highlighting; identical to a reload).
     fetchMessage(message.id).then(function (data) {
@@ -909,6 +914,7 @@
   window.parleyChat = {
     get socket() { return socket; },
     get conversation() { return conversationId; },
+    stats: stats,
     dropConnection: function () { if (socket) socket.close(); },
   };
 })();
