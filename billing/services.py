@@ -11,6 +11,7 @@ serialize on them and cannot both pass a check only one fits.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -62,9 +63,27 @@ class TurnAuthorization:
 # --- rate-limit scopes -------------------------------------------------------------------------
 
 
+_POLICY_TTL = 30.0
+_policies: dict[int, tuple[float, RateLimitPolicy | None]] = {}
+
+
+def _policy(tier_id: int) -> RateLimitPolicy | None:
+    """The tier's per-member/per-key limits, cached for 30 s per process (edited rarely, read every turn)."""
+    now = time.monotonic()
+    cached = _policies.get(tier_id)
+    if cached is None or cached[0] < now:
+        cached = (now + _POLICY_TTL, RateLimitPolicy.objects.filter(tier_id=tier_id).first())
+        _policies[tier_id] = cached
+    return cached[1]
+
+
+def rate_limit_policies_forget() -> None:
+    _policies.clear()
+
+
 def rate_limit_scopes(*, membership: Membership, api_key: ApiKey | None = None) -> list[Scope]:
     tier = membership.organization.tier
-    policy = RateLimitPolicy.objects.filter(tier_id=tier.id).first()
+    policy = _policy(tier.id)
 
     def pick(value: int | None, default: int) -> int:
         return default if value is None else value
@@ -89,6 +108,23 @@ def rate_limit_scopes(*, membership: Membership, api_key: ApiKey | None = None) 
 
 
 # --- budget counters ---------------------------------------------------------------------------
+
+
+def _budget_limits(*, organization: Organization, membership_id: UUID | None) -> tuple[Decimal, Decimal | None]:
+    """(the organization's limit, the member's own limit or None), in one query."""
+    org_limit, member_limit = organization.tier.monthly_budget_usd, None
+    scope = Q(membership__isnull=True)
+    if membership_id is not None:
+        scope |= Q(membership_id=membership_id)
+    for budget_member, limit in Budget.objects.filter(scope, organization=organization).values_list(
+        "membership_id", "monthly_limit_usd"
+    ):
+        if budget_member is None:
+            org_limit = limit
+        else:
+            member_limit = limit
+    return org_limit, member_limit
+
 
 
 def _lock_counters(*, organization_id: UUID, membership_id: UUID | None, start) -> tuple[PeriodSpend, PeriodSpend | None]:
@@ -244,11 +280,10 @@ def _reserve(
     )
     resets_at = period_end(now)
     # Read the limits after taking the lock, so a budget change is seen by the next turn in line.
-    org_limit = organization_budget_limit(organization=organization)
-    own = Budget.objects.filter(organization=organization, membership=membership).first()
+    org_limit, member_limit = _budget_limits(organization=organization, membership_id=membership.id)
     checks = [(org_counter, org_limit, "The organization's monthly budget")]
-    if own is not None:
-        checks.append((member_counter, own.monthly_limit_usd, "Your monthly budget"))
+    if member_limit is not None:
+        checks.append((member_counter, member_limit, "Your monthly budget"))
     for counter, limit, what in checks:
         if counter.spent + counter.reserved + amount > limit:
             used_up = counter.spent >= limit
@@ -401,11 +436,26 @@ def _settle(
             counter.save(update_fields=["spent", "reserved"])
         if new_entries:
             LedgerEntry.objects.bulk_create(new_entries)
-            counter_ids = [c.id for c in (org_now, member_now) if c is not None]
-            transaction.on_commit(lambda: budget_alerts_check(counter_ids=counter_ids))
+            org_limit, member_limit = _budget_limits(
+                organization=membership.organization, membership_id=membership.id
+            )
+            crossing = [
+                counter.id
+                for counter, limit in ((org_now, org_limit), (member_now, member_limit))
+                if counter is not None and limit and _needs_alert(counter, limit)
+            ]
+            if crossing:
+                transaction.on_commit(lambda: budget_alerts_check(counter_ids=crossing))
 
+    if len(already) == len(new_entries):  # every call was billed just now
+        return new_entries, new_cost
     total = sum(LedgerEntry.objects.filter(request_id__in=call_ids).values_list("cost", flat=True), ZERO)
     return new_entries, total
+
+
+def _needs_alert(counter: PeriodSpend, limit: Decimal) -> bool:
+    percent = counter.spent * 100 / limit
+    return (percent >= 75 and counter.alerted_75_at is None) or (percent >= 90 and counter.alerted_90_at is None)
 
 
 def reservations_release_expired(*, now: datetime | None = None, limit: int = 1000) -> int:

@@ -10,7 +10,7 @@ import pytest
 from accounts.models import Membership, Tier
 from billing import limits
 from billing.models import Price
-from billing.services import turn_authorize, turn_settle
+from billing.services import rate_limit_policies_forget, turn_authorize, turn_settle
 from llm.types import Usage
 
 TEST_MODEL = "test-model"
@@ -41,6 +41,7 @@ def test_model(db) -> Price:
 @pytest.fixture(autouse=True)
 def _fresh_memory_windows():
     limits.limiter().memory.clear()
+    rate_limit_policies_forget()
     yield
 
 

@@ -8,6 +8,7 @@ from billing import limits
 from billing.errors import RateLimitExceeded
 from billing.limits import MemoryWindows, RateLimiter, Scope
 from billing.models import RateLimitPolicy
+from billing.services import rate_limit_policies_forget
 
 from .conftest import authorize, ensure_test_model, settle, usage_for
 
@@ -35,6 +36,7 @@ def set_limits(rpm: int, tpm: int, **policy) -> None:
     if policy:
         for tier in Tier.objects.all():
             RateLimitPolicy.objects.update_or_create(tier=tier, defaults=policy)
+    rate_limit_policies_forget()
 
 
 @pytest.mark.django_db
