@@ -3,6 +3,7 @@
 import asyncio
 import json
 import uuid
+from decimal import Decimal
 
 import pytest
 from channels.db import database_sync_to_async
@@ -404,9 +405,7 @@ async def test_rate_limited(org_a, member_secret, ws_connect, tier_factory):
     await wait_idle()
 
 
-async def test_budget_exceeded(org_a, member_secret, ws_connect, tier_factory):
-    from decimal import Decimal
-
+async def test_budget_exceeded(org_a, member_secret, ws_connect, tier_factory, fake_provider):
     await database_sync_to_async(tier_factory)("pro", monthly_budget_usd=Decimal("0"))
     client = await ws_connect(secret=await member_secret(org_a.member))
     client_id = await client.send_message("/echo one", model="gpt-5.2-instant")
@@ -414,3 +413,40 @@ async def test_budget_exceeded(org_a, member_secret, ws_connect, tier_factory):
     assert error["code"] == "budget_exceeded" and error["client_id"] == client_id
     assert error["retry_after"] and error["retry_after"] > 0
     assert await database_sync_to_async(Message.objects.count)() == 0
+
+
+# --- a real provider (the fake provider server, through the vendor SDK) ------------------------
+
+
+async def test_provider_turn_is_priced_and_billed(org_a, member_secret, ws_connect, fake_provider):
+    from tests.fakeprovider import reply
+
+    fake_provider.openai.script([reply("Hel", "lo", " there", usage=(30, 3))])
+    client = await ws_connect(secret=await member_secret(org_a.member))
+    await client.send_message("Hi", model="gpt-5.2-instant")
+    frames = await client.until_finished()
+    finished = frames[-1]["message"]
+    assert finished["status"] == "complete" and finished["content"] == "Hello there"
+    assert joined_deltas(frames, finished["id"]) == "Hello there"
+    assert finished["usage"]["input_tokens"] == 30 and finished["usage"]["output_tokens"] == 3
+    entries = await ledger_for(finished["id"])
+    assert len(entries) == 1 and entries[0].cost > 0
+    assert Decimal(finished["usage"]["cost"]) == entries[0].cost.quantize(Decimal("0.00000001"))
+    assert fake_provider.openai.last_request.body["messages"][-1]["content"] == "Hi"
+    await wait_idle()
+
+
+async def test_provider_failure_after_deltas_ends_failed_and_keeps_the_text(org_a, member_secret, ws_connect, fake_provider):
+    from tests.fakeprovider import stream_error
+
+    fake_provider.openai.script([stream_error("overloaded", after=2, text=("Par", "tial", " never"))])
+    client = await ws_connect(secret=await member_secret(org_a.member))
+    await client.send_message("Hi", model="gpt-5.2-instant")
+    frames = await client.until_finished()
+    finished = frames[-1]["message"]
+    assert finished["status"] == "failed" and finished["error"]["code"] == "provider_error"
+    assert finished["content"] == "Partial" == joined_deltas(frames, finished["id"])
+    answer = await database_sync_to_async(Message.objects.get)(id=finished["id"])
+    assert answer.status == Status.FAILED and answer.content == "Partial" and answer.error_message
+    assert len(await ledger_for(finished["id"])) == 1  # the broken call is billed once (estimated)
+    await wait_idle()

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import re
 import uuid
 
 import pytest
@@ -41,8 +42,9 @@ async def test_slow_model_gets_a_frame_per_token(org_a, member_secret, ws_connec
     frames = await client.until_finished()
     finished = frames[-1]["message"]
     deltas = [f for f in frames if f["type"] == "delta"]
-    # At 25 tokens/s nothing waits for company: one frame per delta of the model.
-    assert len(deltas) >= finished["usage"]["output_tokens"] * 0.8
+    # At 25 pieces/s nothing waits for company: one frame per (word-sized) delta of the model.
+    assert len(deltas) > 20 and all(re.fullmatch(r"\s*\S+", f["text"]) for f in deltas)
+    assert joined_deltas(frames, finished["id"]) == finished["content"]
     await wait_idle()
 
 
@@ -182,4 +184,40 @@ async def test_own_frames_coming_back_through_redis_are_ignored(org_a, member_se
     assert await client.nothing_pending()
     kinds = [f["type"] for f in frames]
     assert kinds.count("message.created") == 1 and kinds.count("generation.finished") == 1
+    await wait_idle()
+
+
+async def test_stop_closes_the_provider_stream(org_a, member_secret, ws_connect, fake_provider, monkeypatch):
+    """generation.stop cancels the task and closes the upstream stream, so the provider stops (and bills)."""
+    import llm.chat
+    from tests.fakeprovider import reply
+
+    closed = []
+    real = llm.chat.stream_chat
+
+    def recording(request, **kwargs):
+        stream = real(request, **kwargs)
+        original = stream.aclose
+
+        async def aclose():
+            closed.append(request.request_id)
+            await original()
+
+        stream.aclose = aclose
+        return stream
+
+    monkeypatch.setattr(llm.chat, "stream_chat", recording)
+    fake_provider.openai.script([reply(*[f"w{i} " for i in range(200)], delta_delay=0.02)])
+    client = await ws_connect(secret=await member_secret(org_a.member))
+    await client.send_message("Go on", model="gpt-5.2-instant")
+    frames = await client.receive_until(lambda f: f["type"] == "delta" and f["seq"] >= 2)
+    answer_id = frames[2]["message"]["id"]
+    await client.send({"type": "generation.stop", "message": answer_id})
+    frames += await client.until_finished()
+    finished = frames[-1]["message"]
+    assert finished["status"] == "cancelled" and finished["content"].startswith("w0 w1")
+    assert joined_deltas(frames, answer_id) == finished["content"]
+    assert closed == [answer_id]
+    entries = await ledger_for(answer_id)  # what was generated is billed (counted by Parley: estimated)
+    assert len(entries) == 1 and entries[0].output_tokens > 0 and entries[0].cost > 0
     await wait_idle()

@@ -59,6 +59,8 @@ def test_tasks_fail_closed(org_a):
     assert conversation.title == ""
 
 
+# The model call logs through database_sync_to_async: it needs real commits, not the test's transaction.
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_long_conversations_are_summarized_keeping_the_recent_turns(org_a):
     contents = [f"message number {i} about topic {i}" for i in range(1, 51)]
     conversation = _conversation(org_a.member, contents)
@@ -95,3 +97,27 @@ def test_interrupted_sweep_ends_only_stale_answers(org_a):
     live.refresh_from_db()
     dead.refresh_from_db()
     assert live.status == Status.STREAMING and dead.status == Status.INTERRUPTED
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_real_model_titles_its_conversation(org_a, fake_provider):
+    from tests.fakeprovider import reply
+
+    fake_provider.openai.script([reply('"Sourdough', ' at home"', usage=(40, 4))])
+    conversation = _conversation(org_a.member, ["How do I bake sourdough bread at home?", "Like this."], model="gpt-5.2-instant")
+    tasks.conversation_title(str(conversation.id))
+    conversation.refresh_from_db()
+    assert conversation.title == "Sourdough at home"
+    assert "sourdough" in fake_provider.openai.last_request.body["messages"][-1]["content"]
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_failing_model_falls_back_to_truncation(org_a, fake_provider):
+    from tests.fakeprovider import auth_failed
+
+    for vendor in (fake_provider.openai, fake_provider.anthropic, fake_provider.gemini):  # fallbacks fail too
+        vendor.default = auth_failed()
+    conversation = _conversation(org_a.member, ["What is the capital of France?", "Paris."], model="gpt-5.2-instant")
+    tasks.conversation_title(str(conversation.id))
+    conversation.refresh_from_db()
+    assert conversation.title == "What is the capital of France?"
