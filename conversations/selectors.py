@@ -97,11 +97,18 @@ def persona_get_for_member(*, membership: Membership, persona_id: UUID | str) ->
 def conversations_page_for_member(*, membership: Membership, archived: bool = False, search: str = ""):
     """The chat list's queryset (paginated by the page): the member's conversations, newest first.
 
-    `search` matches the title or the text of any visible message.
+    `search` matches the title or the text of any visible message. `first_message` (the start of
+    the first user message) stands in for a missing title.
     """
-    from django.db.models import Exists, OuterRef, Q
+    from django.db.models import Exists, OuterRef, Q, Subquery
+    from django.db.models.functions import Substr
 
-    qs = Conversation.objects.for_member(membership).filter(archived=archived)
+    first = Message.objects.filter(conversation=OuterRef("pk"), role=Role.USER, superseded=False).order_by("position")
+    qs = (
+        Conversation.objects.for_member(membership)
+        .filter(archived=archived)
+        .annotate(first_message=Substr(Subquery(first.values("content")[:1]), 1, 160))
+    )
     search = search.strip()
     if search:
         in_messages = Message.objects.filter(

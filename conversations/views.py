@@ -26,7 +26,6 @@ from conversations.markdown import render_markdown
 from conversations.models import Conversation, Message, Role, Status
 from conversations.selectors import (
     conversation_get_for_member,
-    conversations_for_member,
     conversations_page_for_member,
     message_get_for_member,
     messages_for_conversation,
@@ -167,7 +166,7 @@ def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpR
             "models": models,
             "current_model": current_model,
             "personas": personas_for_organization(organization=membership.organization) if conversation is None else [],
-            "recent": conversations_for_member(membership=membership, limit=SIDEBAR_SIZE),
+            "recent": conversations_page_for_member(membership=membership)[:SIDEBAR_SIZE],
             "chat_config": config,
         },
     )

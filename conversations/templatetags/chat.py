@@ -35,4 +35,4 @@ def compact_json(value) -> str:
     """A tool call's arguments or result as one line of JSON (escaped by the template)."""
     if isinstance(value, str):
         return value
-    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)

@@ -105,6 +105,8 @@
   var renderQueued = false;
   var retryTimer = null;
   var signedOut = false;
+  var lastSent = "";
+  var titled = !!(config.conversation && ui.title.textContent.trim() !== "Untitled conversation");
 
   function uuid4() {
     if (window.crypto && window.crypto.randomUUID) return window.crypto.randomUUID();
@@ -384,6 +386,7 @@
     }
     hideAlert();
     var clientId = uuid4();
+    lastSent = content.trim();
     var li = buildMessage("user", null);
     li.classList.add("pending");
     part(li, "body").textContent = content;
@@ -574,7 +577,8 @@
       var link = document.createElement("a");
       link.href = chatUrl(conversation.id);
       link.setAttribute("aria-current", "page");
-      link.textContent = conversation.title || "New conversation";
+      var snippet = lastSent.length > 60 ? lastSent.slice(0, 59) + "…" : lastSent;
+      link.textContent = conversation.title || snippet || "New conversation";
       item.appendChild(link);
       ui.recent.insertBefore(item, ui.recent.firstChild);
     }
@@ -732,13 +736,23 @@
     fetchMessage(message.id).then(function (data) {
       if (data && messages.get(data.id) === m && data.status === message.status) {
         finish(m, data);
-        if (data.conversation_title) setTitle(data.conversation_title);
+        if (data.conversation_title) {
+          setTitle(data.conversation_title);
+        } else if (!titled) {
+          // A new conversation is titled in the background just after its first answer.
+          setTimeout(function () {
+            fetchMessage(message.id).then(function (later) {
+              if (later && later.conversation_title) setTitle(later.conversation_title);
+            });
+          }, 2500);
+        }
       }
     });
   }
 
   function setTitle(title) {
     if (!title) return;
+    titled = true;
     ui.title.textContent = title;
     document.title = title + " · Parley";
     var link = ui.recent && conversationId ? ui.recent.querySelector('a[href="' + chatUrl(conversationId) + '"]') : null;

@@ -43,7 +43,7 @@ def _database_url(settings_dict: dict) -> str:
 
 
 @pytest.fixture(scope="session")
-def live_daphne(django_db_setup, django_db_blocker):
+def live_daphne(django_db_setup, tmp_path_factory):
     """A Daphne process serving config.asgi:application on the test database; yields its base URL."""
     from django.db import connection
 
@@ -59,7 +59,8 @@ def live_daphne(django_db_setup, django_db_blocker):
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("DATABASE_TEST_NAME", None)
-    log = open(ROOT / ".pytest-daphne.log", "wb")  # noqa: SIM115 - kept open for the process's life
+    log_path = tmp_path_factory.mktemp("daphne") / "daphne.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - kept open for the process's life
     process = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
         cwd=ROOT,
@@ -79,7 +80,7 @@ def live_daphne(django_db_setup, django_db_blocker):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             log.close()
-            raise RuntimeError("Daphne did not start:\n" + (ROOT / ".pytest-daphne.log").read_text()[-3000:])
+            raise RuntimeError("Daphne did not start:\n" + log_path.read_text()[-3000:])
         time.sleep(0.2)
     yield base
     process.terminate()
