@@ -30,6 +30,9 @@ class ToolCall:
     # The raw argument text when it was not valid JSON (arguments is then {}), so the tool loop
     # can answer the model with a clear error instead of crashing.
     raw_arguments: str | None = None
+    # Opaque data the provider needs back with this call in the next round of a tool loop
+    # (Gemini's thought signature). Opaque: ignored by everything but the adapter that set it.
+    provider_data: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class ToolResult:
 
 @dataclass(frozen=True)
 class Usage:
+    """Tokens of one provider call. input_tokens excludes cached_input_tokens (billed at their own price)."""
+
     input_tokens: int
     output_tokens: int
     cached_input_tokens: int = 0

@@ -51,6 +51,7 @@ class VendorScript:
     name: str
     default: Step = field(default_factory=lambda: reply("Hello", " from", " the", " fake", " provider."))
     requests: list[RecordedRequest] = field(default_factory=list)
+    aborted: int = 0  # streams the client closed before their end (a write hit a closed socket)
     _queue: deque[Step] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -80,6 +81,7 @@ class VendorScript:
         with self._lock:
             self._queue.clear()
             self.requests.clear()
+            self.aborted = 0
             self.default = reply("Hello", " from", " the", " fake", " provider.")
 
     def _take(self, request: RecordedRequest) -> Step:
@@ -196,6 +198,8 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 renderer.stream(step)
         except (BrokenPipeError, ConnectionResetError):
+            with vendor._lock:
+                vendor.aborted += 1
             self.close_connection = True
 
     # --- writing ---------------------------------------------------------------------------

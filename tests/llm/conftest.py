@@ -2,14 +2,17 @@ import uuid
 
 import pytest
 
+from llm.defaults import default_rows
+from llm.models import ModelConfig
 from llm.types import ChatRequest, Message
 
 
 @pytest.fixture(autouse=True)
-def _fast_demo(settings):
+def _fast_llm(settings):
     settings.PARLEY_DEMO_TOKEN_DELAY = 0
     settings.PARLEY_LLM_RETRY_BASE_DELAY = 0.001
     settings.PARLEY_LLM_RETRY_MAX_DELAY = 0.01
+    settings.PARLEY_LLM_MAX_ATTEMPTS = 3
 
 
 @pytest.fixture
@@ -24,8 +27,11 @@ def make_request():
     return make
 
 
-async def collect(stream):
-    events = []
-    async for event in stream:
-        events.append(event)
-    return events
+@pytest.fixture
+def no_fallbacks(transactional_db):
+    """The seeded models, without fallbacks: an error ends the stream on its own model."""
+    ModelConfig.objects.all().delete()
+    rows = default_rows()
+    for row in rows:
+        row.fallbacks = []
+    ModelConfig.objects.bulk_create(rows)
