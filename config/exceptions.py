@@ -23,6 +23,7 @@ from accounts.errors import InvalidInput, ParleyError
 STATUS_BY_CODE = {
     "unauthenticated": 401,
     "permission_denied": 403,
+    "model_not_allowed": 403,
     "not_found": 404,
     "busy": 409,
     "frame_too_large": 413,

@@ -16,7 +16,6 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.core.handlers.asgi import ASGIRequest
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
@@ -44,6 +43,7 @@ from conversations.serializers import (
     MessageSerializer,
     ModelSerializer,
     RegenerateSerializer,
+    SSEEventSerializer,
     TurnSerializer,
 )
 from conversations.sse import answer_events, sse_response
@@ -110,7 +110,7 @@ class ConversationListView(GenericAPIView):
     @extend_schema(
         summary="Start a conversation (without a message)",
         request=ConversationCreateSerializer,
-        responses={201: ConversationSerializer, **error_responses()},
+        responses={201: ConversationSerializer, **error_responses(403)},
     )
     def post(self, request: Request) -> Response:
         membership = membership_of(request)
@@ -130,7 +130,7 @@ class ConversationDetailView(APIView):
     @extend_schema(
         summary="Rename, archive or unarchive a conversation, or change its model",
         request=ConversationUpdateSerializer,
-        responses={200: ConversationSerializer, **error_responses()},
+        responses={200: ConversationSerializer, **error_responses(403)},
     )
     def patch(self, request: Request, conversation_id: uuid.UUID) -> Response:
         membership = membership_of(request)
@@ -227,7 +227,7 @@ class MessageListView(GenericAPIView):
         responses={
             201: OpenApiResponse(TurnSerializer, description="The turn, with the finished answer."),
             200: OpenApiResponse(TurnSerializer, description="This client_id was seen before: what exists."),
-            (201, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description=_SSE_DESCRIPTION),
+            (201, "text/event-stream"): OpenApiResponse(SSEEventSerializer, description=_SSE_DESCRIPTION),
             **error_responses(403, 409, 413, 422, 429),
         },
     )
@@ -253,7 +253,7 @@ class ConversationSendView(APIView):
         responses={
             201: OpenApiResponse(TurnSerializer, description="The turn, with the finished answer."),
             200: OpenApiResponse(TurnSerializer, description="This client_id was seen before: what exists."),
-            (201, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description=_SSE_DESCRIPTION),
+            (201, "text/event-stream"): OpenApiResponse(SSEEventSerializer, description=_SSE_DESCRIPTION),
             **error_responses(403, 413, 422, 429),
         },
     )
@@ -279,7 +279,7 @@ class RegenerateView(APIView):
         responses={
             201: OpenApiResponse(TurnSerializer, description="The new answer (user_message is null)."),
             200: OpenApiResponse(TurnSerializer, description="This client_id was seen before: what exists."),
-            (201, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description=_SSE_DESCRIPTION),
+            (201, "text/event-stream"): OpenApiResponse(SSEEventSerializer, description=_SSE_DESCRIPTION),
             **error_responses(403, 409, 422, 429),
         },
     )
@@ -332,9 +332,8 @@ class MessageStopView(APIView):
 
 def models_for_membership(membership) -> list[dict]:
     """The models this organization's tier allows and the platform has configured, with prices."""
-    from llm.registry import models_all
-
     from billing.selectors import price_for
+    from llm.registry import models_all
 
     tier = membership.organization.tier
     rows = []

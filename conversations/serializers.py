@@ -120,3 +120,22 @@ class ModelSerializer(serializers.Serializer):
     max_output_tokens = serializers.IntegerField()
     supports_tools = serializers.BooleanField()
     price = ModelPriceSerializer(allow_null=True)
+
+
+SSE_EVENT_TYPES = [
+    "conversation.created",
+    "message.created",
+    "generation.started",
+    "delta",
+    "message.snapshot",
+    "tool.call",
+    "tool.result",
+    "generation.finished",
+]
+
+
+class SSEEventSerializer(serializers.Serializer):
+    """One Server-Sent Event of an answer: the websocket frame of that type, as JSON in `data`."""
+
+    event = serializers.ChoiceField(choices=SSE_EVENT_TYPES)
+    data = serializers.CharField(help_text="The frame as JSON (its `type` is the event name).")
