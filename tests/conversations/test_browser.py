@@ -305,13 +305,24 @@ def test_model_output_never_runs_script(browser_page):
 
 
 def test_regenerate_edit_and_resume_after_a_dropped_socket(browser_page):
-    from conversations.models import Message
+    from conversations.models import Conversation, Message
 
     page = browser_page
     sign_up(page)
+    # The new user owns their personal organization, so they manage its personas.
+    page.goto("/chat/personas/")
+    page.fill("input[name=name]", "Pirate")
+    page.fill("textarea[name=system_prompt]", "Talk like a pirate.")
+    page.click("form.persona-form button[type=submit]")
+    page.wait_for_selector(".persona-item:has-text('Pirate')")
     open_new_chat(page)
+    page.select_option("#chat-persona", label="Pirate")
     send(page, "/echo first answer")
     wait_finished(page)
+    conversation_id = page.evaluate("() => window.parleyChat.conversation")
+    assert page.url.endswith(f"/chat/{conversation_id}/")
+    conversation = in_thread(lambda: Conversation.objects.select_related("persona").get(id=conversation_id))
+    assert conversation.persona.name == "Pirate" and conversation.system_prompt == "Talk like a pirate."
 
     # Regenerate: the last answer is replaced by a new one (the old one is superseded).
     old_id = assistant(page).get_attribute("data-id")
@@ -364,6 +375,27 @@ def test_regenerate_edit_and_resume_after_a_dropped_socket(browser_page):
     page.reload()
     assert assistant(page).locator("[data-body]").inner_text() == text
 
+    # Reload in the middle of an answer: the page shows what was saved, follows the stream from
+    # a snapshot, and ends with exactly the saved text.
+    send(page, "/long")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#chat-messages li.msg-assistant')].pop()"
+        ".querySelector('[data-body]').innerText.length > 40"
+    )
+    page.reload()
+    page.wait_for_selector("#chat-conn[data-conn=online]")
+    assert assistant(page).get_attribute("data-status") == "streaming"
+    assert page.locator("#chat-stop").is_visible()
+    lengths = body_lengths_while_streaming(page)
+    assert len({n for n in lengths if n > 0}) >= 3, lengths
+    assert wait_finished(page) == "complete"
+    answer_id = assistant(page).get_attribute("data-id")
+    saved = in_thread(lambda: Message.objects.get(id=answer_id).content)
+    page.wait_for_function("() => window.parleyChat.stats.finished === 1")
+    assert page.evaluate("() => window.parleyChat.stats") == {"finished": 1, "mismatched": 0}
+    assert assistant(page).locator("[data-body]").inner_text().startswith("Here is a longer answer")
+    assert len(saved) > 1000
+
 
 def test_error_frames_are_shown(browser_page):
     page = browser_page
@@ -387,3 +419,22 @@ def test_error_frames_are_shown(browser_page):
     assert wait_finished(page) == "failed"
     assert assistant(page).locator("[data-error]").is_visible()
     assert assistant(page).locator("button[data-action=regenerate]").is_visible()
+    # The free tier allows a few requests per minute: the refusal says when to try again, the
+    # message goes back into the composer, and Send waits for the retry time.
+    for _ in range(15):
+        before = page.locator("#chat-messages li.msg-assistant").count()
+        page.fill("#chat-input", "/echo quick")
+        page.press("#chat-input", "Enter")
+        page.wait_for_function(
+            "n => { const answers = document.querySelectorAll('#chat-messages li.msg-assistant');"
+            " return !document.getElementById('chat-alert').hidden ||"
+            " (answers.length > n && answers[answers.length - 1].dataset.status === 'complete'); }",
+            arg=before,
+        )
+        if page.locator("#chat-alert").is_visible():
+            break
+    alert = page.locator("#chat-alert")
+    assert alert.get_attribute("data-code") == "rate_limited", alert.inner_text()
+    assert "Try again in" in alert.inner_text()
+    assert page.input_value("#chat-input") == "/echo quick"
+    assert page.locator("#chat-send").is_disabled()
