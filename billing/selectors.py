@@ -130,6 +130,14 @@ def member_spend_this_period(*, organization: Organization, at: datetime | None 
 # --- usage reports: the daily summary for rolled-up days, the ledger for the rest -----------------
 
 
+_PLACES = Decimal("1e-12")
+
+
+def _exact(value: Decimal | float | None) -> Decimal:
+    """A summed cost at the ledger's precision (SQLite sums decimals as floats; PostgreSQL exactly)."""
+    return ZERO if value is None else Decimal(value).quantize(_PLACES)
+
+
 def _rolled_through() -> date | None:
     state = RollupState.objects.filter(pk=1).first()
     return state.rolled_through if state else None
@@ -171,12 +179,12 @@ def usage_report(
 
     by_day: dict[date, Decimal] = {}
     for day, cost in summary.values_list("day").annotate(c=Sum("cost")).values_list("day", "c"):
-        by_day[day] = by_day.get(day, ZERO) + cost
+        by_day[day] = by_day.get(day, ZERO) + _exact(cost)
     for day, cost in (
         ledger.annotate(day=TruncDate("created_at", tzinfo=UTC)).values_list("day").annotate(c=Sum("cost")).order_by()
         .values_list("day", "c")
     ):
-        by_day[day] = by_day.get(day, ZERO) + cost
+        by_day[day] = by_day.get(day, ZERO) + _exact(cost)
 
     by_model: dict[str, list] = {}
     for model, cost, calls, inp, out in (
@@ -184,7 +192,7 @@ def usage_report(
         .annotate(c=Sum("cost"), n=Sum("calls"), i=Sum("input_tokens"), o=Sum("output_tokens"))
         .values_list("model", "c", "n", "i", "o")
     ):
-        by_model[model] = [cost, calls, inp, out]
+        by_model[model] = [_exact(cost), calls, inp, out]
     for model, cost, calls, inp, out in (
         ledger.values_list("model")
         .annotate(c=Sum("cost"), n=Count("id"), i=Sum("input_tokens"), o=Sum("output_tokens"))
@@ -192,7 +200,7 @@ def usage_report(
         .values_list("model", "c", "n", "i", "o")
     ):
         row = by_model.setdefault(model, [ZERO, 0, 0, 0])
-        row[0] += cost
+        row[0] += _exact(cost)
         row[1] += calls
         row[2] += inp
         row[3] += out
@@ -202,11 +210,11 @@ def usage_report(
         for member_id, cost in summary.values_list("membership_id").annotate(c=Sum("cost")).values_list(
             "membership_id", "c"
         ):
-            by_member[member_id] = by_member.get(member_id, ZERO) + cost
+            by_member[member_id] = by_member.get(member_id, ZERO) + _exact(cost)
         for member_id, cost in (
             ledger.values_list("membership_id").annotate(c=Sum("cost")).order_by().values_list("membership_id", "c")
         ):
-            by_member[member_id] = by_member.get(member_id, ZERO) + cost
+            by_member[member_id] = by_member.get(member_id, ZERO) + _exact(cost)
 
     days = []
     day = start

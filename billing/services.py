@@ -654,7 +654,7 @@ def usage_rollup(*, through: date | None = None, since: date | None = None) -> i
                 input_tokens=row["i"] or 0,
                 output_tokens=row["o"] or 0,
                 cached_input_tokens=row["ci"] or 0,
-                cost=row["c"] or ZERO,
+                cost=Decimal(row["c"] or 0).quantize(Decimal("1e-12")),
             )
             for row in rows.iterator(chunk_size=5000)
         ]
