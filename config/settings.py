@@ -207,6 +207,8 @@ ACCOUNT_EMAIL_VERIFICATION = "mandatory" if PRODUCTION else env_str("ACCOUNT_EMA
 ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_ADAPTER = "accounts.adapters.AccountAdapter"
 ACCOUNT_LOGOUT_ON_GET = False
+# Scheme of links in allauth e-mails sent outside a request.
+ACCOUNT_DEFAULT_HTTP_PROTOCOL = "https" if PRODUCTION else "http"
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = "Parley"
 LOGIN_REDIRECT_URL = "/dashboard/"

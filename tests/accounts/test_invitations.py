@@ -176,3 +176,24 @@ def test_revoke_invitation_and_foreign_invitation_is_404(org_a, org_b, login, as
         invitation_revoke(membership=org_a.member, invitation_id=invitation.id)
     invitation_revoke(membership=org_a.admin, invitation_id=invitation.id)
     assert not Invitation.objects.filter(pk=invitation.pk).exists()
+
+
+@pytest.mark.django_db
+def test_a_new_person_signs_up_from_the_invitation_link_and_joins(client, org_a, password):
+    invitation = invitation_create(membership=org_a.owner, email="fresh@example.com", role=Role.MEMBER)
+    path = f"/invitations/{org_a.organization.id}/{invitation.token}/"
+    response = client.get(path)
+    assert response.status_code == 302
+    login_url = response["Location"]
+    assert login_url.startswith("/accounts/login/") and "next=" in login_url
+    login_page = client.get(login_url).content.decode()
+    assert "/accounts/signup/?next=" in login_page
+    response = client.post(
+        "/accounts/signup/",
+        {"email": "fresh@example.com", "password1": password, "password2": password, "next": path},
+    )
+    assert response.status_code == 302 and response["Location"] == path
+    assert client.post(path).status_code == 302
+    assert Membership.objects.filter(user__email="fresh@example.com", organization=org_a.organization).exists()
+    # Their personal workspace exists too.
+    assert Membership.objects.filter(user__email="fresh@example.com", organization__is_personal=True).exists()

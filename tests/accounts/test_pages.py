@@ -124,3 +124,45 @@ def test_static_css_is_served(client):
 
     assert finders.find("css/parley.css")
     assert finders.find("img/logo.svg")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/accounts/login/",
+        "/accounts/signup/",
+        "/accounts/password/reset/",
+        "/accounts/password/reset/done/",
+        "/accounts/inactive/",
+        "/accounts/confirm-email/",
+        "/accounts/confirm-email/bad-key/",
+        "/accounts/password/reset/key/1-bad/",
+        "/accounts/password/reset/key/done/",
+    ],
+)
+def test_every_anonymous_allauth_page_renders_in_the_layout(client, path):
+    response = client.get(path, follow=True)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'class="topbar"' in html and "/static/css/parley.css" in html
+
+
+@pytest.mark.django_db
+def test_every_account_page_renders_for_a_freshly_logged_in_user(client, org_a, password, verified_email):
+    verified_email(org_a.member.user, primary=True)
+    client.post("/accounts/login/", {"login": org_a.member.user.email, "password": password})
+    client.post("/accounts/reauthenticate/", {"password": password})
+    for path in [
+        "/accounts/logout/",
+        "/accounts/email/",
+        "/accounts/password/change/",
+        "/accounts/reauthenticate/",
+        "/accounts/2fa/",
+        "/accounts/2fa/totp/activate/",
+        "/accounts/2fa/recovery-codes/generate/",
+    ]:
+        response = client.get(path, follow=True)
+        assert response.status_code == 200, path
+        html = response.content.decode()
+        assert 'class="topbar"' in html and ("auth-card" in html or "manage-body" in html), path
