@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
 from django.db import models
 
 
@@ -31,7 +32,10 @@ class ModelConfig(models.Model):
     )
     enabled = models.BooleanField(default=True)
     # openai_compatible rows: where the server is, and which env var holds its key (never the key itself)
-    base_url = models.URLField(blank=True, help_text="openai_compatible only, e.g. http://127.0.0.1:8001/v1")
+    base_url = models.CharField(
+        max_length=200, blank=True, validators=[URLValidator(schemes=["http", "https"])],
+        help_text="openai_compatible only, e.g. http://127.0.0.1:8001/v1",
+    )
     api_key_env = models.CharField(
         max_length=100, blank=True, help_text="openai_compatible only: name of the env var holding the API key."
     )
