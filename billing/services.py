@@ -445,7 +445,7 @@ def _settle(
                 if counter is not None and limit and _needs_alert(counter, limit)
             ]
             if crossing:
-                transaction.on_commit(lambda: budget_alerts_check(counter_ids=crossing))
+                transaction.on_commit(lambda: budget_alerts_check(counter_ids=crossing), robust=True)
 
     if len(already) == len(new_entries):  # every call was billed just now
         return new_entries, new_cost
@@ -523,7 +523,8 @@ def budget_alerts_check(*, counter_ids: Sequence[int]) -> list[tuple[int, int]]:
         if newly:
             threshold = max(newly)
             sent.append((counter.id, threshold))
-            transaction.on_commit(lambda cid=counter.id, t=threshold: _alert_enqueue(cid, t))
+            # robust: a broker outage loses an e-mail (the banner still shows), never a settlement.
+            transaction.on_commit(lambda cid=counter.id, t=threshold: _alert_enqueue(cid, t), robust=True)
     return sent
 
 
