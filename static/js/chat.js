@@ -106,6 +106,7 @@
   var retryTimer = null;
   var signedOut = false;
   var lastSent = "";
+  var stopWhenStarted = false;
   var titled = !!(config.conversation && ui.title.textContent.trim() !== "Untitled conversation");
 
   function uuid4() {
@@ -215,6 +216,7 @@
   function setStatus(m, status) {
     m.status = status;
     m.el.dataset.status = status;
+    m.el.setAttribute("aria-busy", status === "streaming" ? "true" : "false");
     m.el.className = m.el.className.replace(/\bstatus-\S+/g, "").trim() + " status-" + status;
     var labels = { streaming: "generating…", cancelled: "stopped", failed: "failed", interrupted: "interrupted" };
     part(m.el, "state").textContent = labels[status] || "";
@@ -276,6 +278,7 @@
   }
 
   function setBusy(busy) {
+    if (!busy) stopWhenStarted = false;
     ui.pane.dataset.state = busy ? "streaming" : "idle";
     ui.stop.hidden = !busy;
     ui.stop.disabled = false;
@@ -359,9 +362,13 @@
   ui.form.addEventListener("submit", function (event) { event.preventDefault(); submit(); });
   ui.stop.addEventListener("click", function () {
     if (!streamingId) return;
-    send({ type: "generation.stop", message: streamingId });
     ui.stop.disabled = true;
     ui.stop.textContent = "Stopping…";
+    if (streamingId === "pending") {
+      stopWhenStarted = true; // the answer has no id yet: stop it as soon as it starts
+      return;
+    }
+    send({ type: "generation.stop", message: streamingId });
   });
 
   function send(frame) {
@@ -629,6 +636,10 @@
     streamingId = message.id;
     setBusy(true);
     armWatchdog();
+    if (stopWhenStarted) {
+      stopWhenStarted = false;
+      ui.stop.click();
+    }
   }
 
   function onDelta(frame) {
@@ -909,7 +920,7 @@
     if (config.streaming && m.id === config.streaming.id) {
       m.content = config.streaming.content;
       m.seq = config.streaming.seq;
-      m.status = "streaming";
+      setStatus(m, "streaming");
       m.lastFrame = Date.now();
       streamingId = m.id;
     }
