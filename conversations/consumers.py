@@ -12,12 +12,12 @@ import logging
 from typing import Any
 from uuid import UUID
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from accounts.errors import InvalidInput, ParleyError
 from conversations import hub as hub_module
 from conversations import services
+from conversations.db import db_async
 from conversations.errors import FrameTooLarge
 from conversations.selectors import conversation_get_for_member
 
@@ -175,7 +175,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         after_seq = frame.get("after_seq")
         if after_seq is not None and (not isinstance(after_seq, int) or isinstance(after_seq, bool) or after_seq < 0):
             raise InvalidInput("`after_seq` must be a non-negative integer.")
-        await database_sync_to_async(conversation_get_for_member)(
+        await db_async(conversation_get_for_member)(
             membership=self.membership, conversation_id=conversation_id
         )
         await self._hub.follow(self, conversation_id)

@@ -20,13 +20,13 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from billing.services import turn_settle
 from conversations import hub as hub_module
+from conversations.db import db_async
 from conversations.models import Conversation, Message, Status
 from llm.errors import LLMError
 from llm.types import ChatRequest, TextDelta, ToolCall, ToolResult, Usage
@@ -59,7 +59,7 @@ def _keep(task: asyncio.Task) -> asyncio.Task:
     return task
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: kept in sets and registries
 class Generation:
     conversation_id: UUID
     message_id: UUID
@@ -116,7 +116,7 @@ class Generation:
 
     async def _run(self) -> None:
         status, error_code, error_message = Status.COMPLETE, "", ""
-        saver = None
+        saver = _saver()
         try:
             await self.hub.generation_join(self)
             for frame in self.opening_frames:
@@ -124,7 +124,7 @@ class Generation:
                     self.announced = True
                 await self.hub.publish(self.conversation_id, frame)
             self.announced = True
-            saver = _keep(asyncio.ensure_future(self._save_periodically()))
+            saver.add(self)
             from llm.chat import stream_chat
 
             self.stream = stream_chat(self.request, toolset=self.toolset)
@@ -148,8 +148,7 @@ class Generation:
             logger.exception("generation %s failed", self.message_id)
             status, error_code, error_message = Status.FAILED, "internal_error", f"Internal error ({type(exc).__name__})."
         finally:
-            if saver is not None:
-                saver.cancel()
+            saver.discard(self)
             finish = _keep(asyncio.ensure_future(self._finish(status, error_code, error_message)))
             try:
                 await asyncio.shield(finish)
@@ -212,19 +211,6 @@ class Generation:
 
     # --- saving ------------------------------------------------------------------------------
 
-    async def _save_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(SAVE_INTERVAL)
-            now = time.monotonic()
-            if self.seq != self._saved_seq or now - self._last_write >= HEARTBEAT_INTERVAL:
-                seq, content = self.seq, "".join(self.chunks)
-                try:
-                    await _save_partial(self.message_id, content, seq)
-                except Exception:
-                    logger.exception("could not save the partial text of %s", self.message_id)
-                    continue
-                self._saved_seq, self._last_write = seq, now
-
     async def _finish(self, status: str, error_code: str, error_message: str) -> None:
         try:
             if self._timer is not None:
@@ -239,7 +225,7 @@ class Generation:
                 except Exception:
                     logger.warning("closing the provider stream of %s failed", self.message_id, exc_info=True)
                 usages = list(getattr(self.stream, "usages", []) or [])
-            message = await database_sync_to_async(settle_and_save)(
+            message = await db_async(settle_and_save)(
                 generation=self,
                 usages=usages,
                 status=status,
@@ -256,17 +242,78 @@ class Generation:
                 await self.hub.generation_unregister(self)
             self.done.set()
         with contextlib.suppress(Exception):
-            await database_sync_to_async(_dispatch_followups)(self.conversation_id)
+            await db_async(_dispatch_followups)(self.conversation_id)
 
 
-def _save_partial_sync(message_id: UUID, content: str, seq: int) -> None:
-    Message.objects.filter(id=message_id, status=Status.STREAMING).update(
-        content=content, last_seq=seq, updated_at=timezone.now()
-    )
+class PartialSaver:
+    """Saves the partial text of every answer streaming in this process, once a second, in one batch.
+
+    One database call per second for all answers (not one per answer), appending only the text
+    that arrived since the last save (guarded by last_seq, so a retry never appends twice). The
+    same write is the liveness heartbeat that `messages_mark_interrupted` relies on.
+    """
+
+    def __init__(self) -> None:
+        self.generations: set[Generation] = set()
+        self.task: asyncio.Task | None = None
+
+    def add(self, generation: Generation) -> None:
+        self.generations.add(generation)
+        if self.task is None or self.task.done():
+            self.task = _keep(asyncio.ensure_future(self._run()))
+
+    def discard(self, generation: Generation) -> None:
+        self.generations.discard(generation)
+
+    async def _run(self) -> None:
+        while self.generations:
+            await asyncio.sleep(SAVE_INTERVAL)
+            now = time.monotonic()
+            due = []
+            for generation in list(self.generations):
+                seq = generation.seq
+                if seq != generation._saved_seq or now - generation._last_write >= HEARTBEAT_INTERVAL:
+                    tail = "".join(generation.chunks[generation._saved_seq : seq])
+                    due.append((generation, seq, tail))
+            if not due:
+                continue
+            rows = [(tail, seq, generation.message_id, generation._saved_seq) for generation, seq, tail in due]
+            try:
+                await _save_partials(rows)
+            except Exception:
+                logger.exception("could not save the partial text of %d answers", len(rows))
+                continue
+            for generation, seq, _tail in due:
+                generation._saved_seq, generation._last_write = seq, now
 
 
-# Off the shared database thread: many answers save at once, and these writes are independent.
-_save_partial = database_sync_to_async(_save_partial_sync, thread_sensitive=False)
+def _save_partials_sync(rows: list[tuple[str, int, UUID, int]]) -> None:
+    meta = Message._meta
+    now = meta.get_field("updated_at").get_db_prep_value(timezone.now(), connection)
+    pk = meta.pk
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(
+            f"UPDATE {meta.db_table} SET content = content || %s, last_seq = %s, updated_at = %s "
+            "WHERE id = %s AND status = 'streaming' AND last_seq = %s",
+            [
+                (tail, seq, now, pk.get_db_prep_value(message_id, connection), saved_seq)
+                for tail, seq, message_id, saved_seq in rows
+            ],
+        )
+
+
+_save_partials = db_async(_save_partials_sync)
+_savers: dict[asyncio.AbstractEventLoop, PartialSaver] = {}
+
+
+def _saver() -> PartialSaver:
+    loop = asyncio.get_running_loop()
+    saver = _savers.get(loop)
+    if saver is None:
+        for old in [other for other in _savers if other.is_closed()]:
+            del _savers[old]
+        saver = _savers[loop] = PartialSaver()
+    return saver
 
 
 def settle_and_save(
@@ -327,7 +374,7 @@ async def generation_wait(message_id: UUID, *, hub: hub_module.Hub | None = None
             return generation.result
     # Running in another process (or finished already): the database is the record.
     while True:
-        message = await database_sync_to_async(Message.objects.get)(id=message_id)
+        message = await db_async(Message.objects.get)(id=message_id)
         if message.is_terminal:
             return message
         await asyncio.sleep(0.2)

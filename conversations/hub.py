@@ -31,8 +31,9 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
-from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+from conversations.db import db_async
 
 if TYPE_CHECKING:
     from conversations.generation import Generation
@@ -499,8 +500,7 @@ def finished_frame(message) -> dict:
     }
 
 
-@database_sync_to_async
-def _streaming_message(conversation_id: UUID):
+def _streaming_message_sync(conversation_id: UUID):
     from conversations.models import Message, Role, Status
 
     return (
@@ -511,8 +511,7 @@ def _streaming_message(conversation_id: UUID):
     )
 
 
-@database_sync_to_async
-def _message_state(message_id: str):
+def _message_state_sync(message_id: str):
     from conversations.models import Message
 
     return (
@@ -523,6 +522,10 @@ def _message_state(message_id: str):
         .first()
     )
 
+
+# Off the shared database thread (thread_sensitive=False): these reads are independent of each other.
+_streaming_message = db_async(_streaming_message_sync)
+_message_state = db_async(_message_state_sync)
 
 _default: Hub | None = None
 

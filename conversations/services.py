@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from uuid import UUID
 
-from channels.db import database_sync_to_async
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -24,6 +23,7 @@ from accounts.errors import InvalidInput, ParleyError, PermissionDenied
 from accounts.models import Membership
 from billing.services import turn_authorize
 from conversations import hub as hub_module
+from conversations.db import db_async
 from conversations.errors import Busy, ConversationNotFound, MessageNotFound
 from conversations.generation import Generation, generation_wait
 from conversations.models import DEFAULT_MODEL, Conversation, Message, Persona, Role, Status
@@ -286,7 +286,12 @@ def _turn_begin_locked(
         )
 
     messages, prompt_tokens = _prompt(conversation, model_info=model_info, max_output_tokens=fit_output)
+    position += 1
+    conversation.message_count = position
+    conversation.updated_at = now
+    conversation.save(update_fields=["message_count", "updated_at", "model"])
     assistant_id = uuid.uuid4()
+    # Last: billing locks the organization's budget counters until this transaction commits.
     authorization = turn_authorize(
         membership=membership,
         api_key=api_key,
@@ -296,7 +301,6 @@ def _turn_begin_locked(
         max_output_tokens=None,
         request_id=str(assistant_id),
     )
-    position += 1
     assistant = Message.objects.create(
         id=assistant_id,
         conversation=conversation,
@@ -311,9 +315,6 @@ def _turn_begin_locked(
         created_at=now,
         updated_at=now,
     )
-    conversation.message_count = position
-    conversation.updated_at = now
-    conversation.save(update_fields=["message_count", "updated_at", "model"])
     request = ChatRequest(
         model=alias,
         messages=messages,
@@ -366,7 +367,7 @@ def message_created_frame(message: Message) -> dict:
 
 
 async def _begin_and_start(*, membership, api_key, subscriber, hub: hub_module.Hub | None, **kwargs) -> TurnStarted:
-    started, request, authorization = await database_sync_to_async(_turn_begin)(
+    started, request, authorization = await db_async(_turn_begin)(
         membership=membership, api_key=api_key, **kwargs
     )
     hub = hub or hub_module.default()
@@ -380,7 +381,7 @@ async def _begin_and_start(*, membership, api_key, subscriber, hub: hub_module.H
             membership=membership,
             api_key=api_key,
             authorization=authorization,
-            toolset=await database_sync_to_async(_tools_for)(membership, assistant.model),
+            toolset=_tools_for(membership, assistant.model),
             opening_frames=_opening_frames(started),
             hub=hub,
         )
@@ -455,7 +456,7 @@ async def turn_edit(
     hub: hub_module.Hub | None = None,
 ) -> TurnStarted:
     """Edit the last user message and answer it again (the old message and answer are superseded)."""
-    message = await database_sync_to_async(message_get_for_member)(membership=membership, message_id=message_id)
+    message = await db_async(message_get_for_member)(membership=membership, message_id=message_id)
     if message.role != Role.USER:
         raise InvalidInput("Only your own messages can be edited.")
     return await _begin_and_start(
@@ -473,7 +474,7 @@ async def turn_edit(
 
 async def generation_stop(*, membership: Membership, message_id: UUID, hub: hub_module.Hub | None = None) -> Message:
     """Stop an answer (here, or in the process that runs it). Stopping a finished answer does nothing."""
-    message = await database_sync_to_async(message_get_for_member)(membership=membership, message_id=message_id)
+    message = await db_async(message_get_for_member)(membership=membership, message_id=message_id)
     if message.role != Role.ASSISTANT:
         raise MessageNotFound()
     if message.status == Status.STREAMING:
