@@ -1,3 +1,5 @@
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+
 from accounts.errors import NotFound
 from accounts.selectors import membership_default, membership_get
 
@@ -26,12 +28,26 @@ class CurrentOrganizationMiddleware:
     """Resolves the current membership once per request: `request.membership` (None when anonymous).
 
     API-key requests get theirs from DRF authentication instead (the key's organization).
+    Works in both sync and async stacks, so async views (SSE, streaming) need no extra thread hop.
     """
+
+    sync_capable = True
+    async_capable = True
 
     def __init__(self, get_response):
         self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
 
     def __call__(self, request):
+        if self.is_async:
+            return self.__acall__(request)
         request.membership = resolve_membership(request)
         request.api_key = None
         return self.get_response(request)
+
+    async def __acall__(self, request):
+        request.membership = await sync_to_async(resolve_membership)(request)
+        request.api_key = None
+        return await self.get_response(request)

@@ -118,21 +118,20 @@ def organization_create(request: HttpRequest) -> HttpResponse:
 @membership_required
 def organization_settings(request: HttpRequest) -> HttpResponse:
     membership = request.membership
+    organization = membership.organization
+    members = selectors.organization_members(organization=organization)
     return render(
         request,
         "accounts/organization_settings.html",
         {
-            "members": selectors.organization_members(organization=membership.organization),
-            "invitations": selectors.invitations_for_organization(organization=membership.organization)
+            "members": members,
+            "owners_count": sum(1 for member in members if member.is_owner),
+            "invitations": selectors.invitations_for_organization(organization=organization)
             if membership.is_admin
             else [],
-            "roles": Role.choices,
             "assignable_roles": Role.choices
             if membership.is_owner
             else [r for r in Role.choices if r[0] != Role.OWNER],
-            "owners_count": sum(
-                1 for m in selectors.organization_members(organization=membership.organization) if m.is_owner
-            ),
         },
     )
 

@@ -16,10 +16,15 @@ def _link_path(body: str) -> str:
     return line[line.index("/invitations/") :].strip()
 
 
-@pytest.mark.django_db(transaction=True)
-def test_admin_invites_by_email_and_the_invited_user_accepts_through_the_link(org_a, login, user_factory):
+@pytest.mark.django_db
+def test_admin_invites_by_email_and_the_invited_user_accepts_through_the_link(
+    org_a, login, user_factory, django_capture_on_commit_callbacks
+):
     client = login(org_a.admin)
-    response = client.post("/organization/invitations/", {"email": "Newcomer@Example.com", "role": "member"})
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = client.post("/organization/invitations/", {"email": "Newcomer@Example.com", "role": "member"})
+        assert len(mail.outbox) == 0  # the e-mail waits for the commit
+    assert len(callbacks) == 1
     assert response.status_code == 302
     invitation = Invitation.objects.get(organization=org_a.organization)
     assert invitation.email == "newcomer@example.com"

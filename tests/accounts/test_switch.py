@@ -88,3 +88,17 @@ def test_create_team_organization_and_switch_to_it(org_a, login):
     response = client.post("/organizations/new/", {"name": "   "})
     assert response.status_code == 200
     assert "cannot be empty" in response.content.decode()
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+async def test_membership_is_resolved_in_the_async_stack_too(org_a, org_b):
+    from asgiref.sync import sync_to_async
+    from django.test import AsyncClient
+
+    client = AsyncClient()
+    await sync_to_async(client.force_login)(org_a.member.user)
+    response = await client.get("/dashboard/")
+    assert response.status_code == 200
+    assert "Acme" in response.content.decode()
+    response = await client.post("/organizations/switch/", {"organization_id": str(org_b.organization.id)})
+    assert response.status_code == 404
