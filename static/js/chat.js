@@ -826,6 +826,10 @@
     ws.onmessage = function (event) {
       var frame;
       try { frame = JSON.parse(event.data); } catch (e) { return; }
+      if (frame.type === "delta" && window.parleyChat.loseDeltas > 0) {
+        window.parleyChat.loseDeltas -= 1; // tests: simulate frames lost on the way
+        return;
+      }
       var handler = handlers[frame.type];
       if (handler) handler(frame);
     };
@@ -940,6 +944,7 @@
     get socket() { return socket; },
     get conversation() { return conversationId; },
     stats: stats,
+    loseDeltas: 0,
     dropConnection: function () { if (socket) socket.close(); },
   };
 })();

@@ -93,8 +93,16 @@ def live_daphne(django_db_setup, tmp_path_factory):
 
 def in_thread(fn, *args):
     """ORM calls from a test driving Playwright's sync API (its event loop owns this thread)."""
+    from django.db import connection
+
+    def run():
+        try:
+            return fn(*args)
+        finally:
+            connection.close()
+
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(fn, *args).result()
+        return pool.submit(run).result()
 
 
 class Screens:
@@ -374,6 +382,29 @@ def test_regenerate_edit_and_resume_after_a_dropped_socket(browser_page):
     assert text.count("Here is a longer answer") == 1
     page.reload()
     assert assistant(page).locator("[data-body]").inner_text() == text
+
+    # Lose a few deltas on the way: the page sees the gap in seq, resubscribes, and the snapshot
+    # makes the text whole again.
+    subscribes: list[str] = []
+    page.on(
+        "websocket",
+        lambda ws: ws.on("framesent", lambda payload: subscribes.append(payload) if "conversation.subscribe" in str(payload) else None),
+    )
+    page.reload()
+    page.wait_for_selector("#chat-conn[data-conn=online]")
+    send(page, "/long")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#chat-messages li.msg-assistant')].pop()"
+        ".querySelector('[data-body]').innerText.length > 40"
+    )
+    page.evaluate("() => { window.parleyChat.loseDeltas = 3; }")
+    assert wait_finished(page) == "complete"
+    assert page.evaluate("() => window.parleyChat.loseDeltas") == 0
+    assert page.evaluate("() => window.parleyChat.stats") == {"finished": 1, "mismatched": 0}
+    assert any('"after_seq"' in str(frame) for frame in subscribes), subscribes
+    answer_id = assistant(page).get_attribute("data-id")
+    saved = in_thread(lambda: Message.objects.get(id=answer_id).content)
+    assert len(saved) > 1000 and assistant(page).locator("[data-body]").inner_text().count("Here is a longer answer") == 1
 
     # Reload in the middle of an answer: the page shows what was saved, follows the stream from
     # a snapshot, and ends with exactly the saved text.
