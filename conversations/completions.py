@@ -8,7 +8,9 @@ back to the client (no toolset: llm does not run them).
 
 The call runs as a task of its own in a fresh context (`CompletionRun`); the HTTP response reads
 its events from a queue. A client that goes away cancels the task, which closes the provider stream
-and settles what was used, exactly once, in a shielded task that outlives the cancellation.
+and settles what was used, exactly once, in a shielded task that outlives the cancellation. The
+settlement runs after the answer's last event is handed to the client (the usage is known by then),
+so its database work adds nothing to the client's wait.
 """
 
 from __future__ import annotations
@@ -415,21 +417,22 @@ class CompletionRun:
                 logger.exception("completion %s failed", self.id)
             self.queue.put_nowait(exc)
         finally:
-            settle = _keep(asyncio.ensure_future(self._close_and_settle(stream)))
+            finish = _keep(asyncio.ensure_future(self._finish(stream)))
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(settle)
-            self.queue.put_nowait(_DONE)
+                await asyncio.shield(finish)
 
-    async def _close_and_settle(self, stream) -> None:
-        if self._settled:
-            return
-        self._settled = True
+    async def _finish(self, stream) -> None:
+        """Close the provider stream, end the answer for the client, then settle (once, off its path)."""
         if stream is not None:
             try:
                 await stream.aclose()  # the provider stops generating
             except Exception:
                 logger.warning("closing the provider stream of %s failed", self.id, exc_info=True)
             self.usages = list(getattr(stream, "usages", []) or [])
+        self.queue.put_nowait(_DONE)
+        if self._settled:
+            return
+        self._settled = True
         try:
             self.cost = await _settle_async(
                 authorization=self.authorization, usages=self.usages, membership=self.membership, api_key=self.api_key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal
 
 import openai
@@ -17,6 +18,17 @@ from tests.fakeprovider.script import reply, tool_call
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 MODEL = "gpt-5.2-instant"  # an OpenAI-provider alias: Parley calls the fake provider's OpenAI endpoint
+
+
+def settled(organization, count: int, timeout: float = 10.0) -> list[LedgerEntry]:
+    """The ledger rows once `count` are written and no reservation is open (settlement follows the answer)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = list(LedgerEntry.objects.filter(organization=organization))
+        if len(rows) >= count and not Reservation.objects.filter(organization=organization, status="open").exists():
+            return rows
+        time.sleep(0.02)
+    raise AssertionError(f"expected {count} ledger rows and no open reservation")
 
 
 @pytest.fixture
@@ -45,7 +57,7 @@ def test_completion(client, fake_provider, org_a):
     assert sent["messages"][-1]["content"] == "Say hello"
     assert sent.get("temperature") == 0.2
     # billed once, logged, and nothing stored as a conversation
-    rows = list(LedgerEntry.objects.filter(organization=org_a.organization))
+    rows = settled(org_a.organization, 1)
     assert len(rows) == 1 and rows[0].input_tokens == 21 and rows[0].output_tokens == 3 and rows[0].cost > 0
     assert rows[0].api_key is not None
     assert ProviderCall.objects.filter(organization_id=org_a.organization.id).count() == 1
@@ -73,7 +85,7 @@ def test_stream_with_usage(client, fake_provider, org_a):
     assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == 12
     assert chunks[-1].usage.completion_tokens == 3
     assert all(c.usage is None for c in chunks[:-1])
-    assert LedgerEntry.objects.filter(organization=org_a.organization).count() == 1
+    assert len(settled(org_a.organization, 1)) == 1
 
 
 def test_stream_without_usage(client, fake_provider):
@@ -117,7 +129,7 @@ def test_client_tools_round_trip(client, fake_provider, org_a):
     sent = fake_provider.openai.last_request.body["messages"]
     assert sent[-1]["role"] == "tool" and sent[-1]["tool_call_id"] == "call_w1"
     assert sent[-2]["tool_calls"][0]["function"]["name"] == "get_weather"
-    assert LedgerEntry.objects.filter(organization=org_a.organization).count() == 2
+    assert len(settled(org_a.organization, 2)) == 2
 
 
 def test_streamed_tool_call(client, fake_provider):
