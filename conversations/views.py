@@ -134,14 +134,22 @@ def conversation_rename(request: HttpRequest, conversation_id: UUID) -> HttpResp
 # --- the chat page ----------------------------------------------------------------------------
 
 
+def _default_model(models: list, recent: list[Conversation]) -> str:
+    """For a new chat: the model of the member's latest conversation, else the first real model."""
+    aliases = [info.alias for info in models]
+    if recent and recent[0].model in aliases:
+        return recent[0].model
+    real = [alias for alias in aliases if alias != "demo"]
+    return (real or aliases or [""])[0]
+
+
 def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
     membership = request.membership
     history = messages_for_conversation(conversation=conversation) if conversation else []
     streaming = next((m for m in history if m.role == Role.ASSISTANT and m.status == Status.STREAMING), None)
     models = models_for_member(membership)
-    current_model = conversation.model if conversation else (models[0].alias if models else "")
-    if conversation is None and any(m.alias == "demo" for m in models) and len(models) > 1:
-        current_model = "demo"
+    recent = list(conversations_page_for_member(membership=membership)[:SIDEBAR_SIZE])
+    current_model = conversation.model if conversation else _default_model(models, recent)
     last_user = next((m for m in reversed(history) if m.role == Role.USER), None)
     last_answer = history[-1] if history and history[-1].role == Role.ASSISTANT else None
     config = {
@@ -166,7 +174,7 @@ def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpR
             "models": models,
             "current_model": current_model,
             "personas": personas_for_organization(organization=membership.organization) if conversation is None else [],
-            "recent": conversations_page_for_member(membership=membership)[:SIDEBAR_SIZE],
+            "recent": recent,
             "chat_config": config,
         },
     )

@@ -932,6 +932,15 @@
   document.addEventListener("submit", function (event) {
     var message = event.target.getAttribute("data-confirm");
     if (message && !window.confirm(message)) event.preventDefault();
+    if (event.target.id === "chat-rename") {
+      var field = event.target.querySelector("input[name=title]");
+      var title = window.prompt("Rename this conversation", ui.title.textContent.trim());
+      if (title === null || !title.trim()) event.preventDefault();
+      else field.value = title.trim();
+    }
+  });
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape" && streamingId && !ui.stop.hidden && !document.querySelector(".msg-edit")) ui.stop.click();
   });
   setBusy(!!streamingId);
   if (streamingId) armWatchdog();

@@ -129,6 +129,7 @@ def browser_page(live_daphne):
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
         )
         context = browser.new_context(base_url=live_daphne, viewport={"width": 1280, "height": 860})
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_daphne)
         page = context.new_page()
         page.set_default_timeout(20_000)
         errors: list[str] = []
@@ -268,6 +269,10 @@ def test_chat_streams_stops_and_keeps_history(browser_page):
     page.wait_for_selector("#chat-messages li.msg-assistant:last-child .codeblock .codeblock-copy")
     page.wait_for_selector("#chat-messages li.msg-assistant:last-child code.language-python span.k")
     screens.shot(page, "chat-finished")
+    copy = page.locator("#chat-messages li.msg-assistant:last-child .codeblock-copy")
+    copy.click()
+    page.wait_for_function("() => document.querySelector('#chat-messages li.msg-assistant:last-child .codeblock-copy').textContent === 'Copied'")
+    assert page.evaluate("() => navigator.clipboard.readText()").strip() == "def answer():\n    return 42"
 
     # 4. After a reload the history is all there, rendered by the server.
     page.reload()

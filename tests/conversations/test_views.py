@@ -333,3 +333,14 @@ def test_another_tenants_persona_is_404(as_member, org_a, org_b, assert_foreign_
     assert_foreign_404(client.post(reverse("conversations:persona_delete", args=[persona.id])))
     persona.refresh_from_db()
     assert persona.name == "Pirate"
+
+
+def test_new_chat_defaults_to_the_model_of_the_latest_conversation(as_member, org_a):
+    client = as_member(org_a.member)
+    page = client.get(reverse("conversations:new")).content.decode()
+    picker = page.split('id="chat-model"')[1].split("</select>")[0]
+    assert picker.count("selected") == 1
+    make_conversation(org_a.member, "Earlier", model="demo")
+    page = client.get(reverse("conversations:new")).content.decode()
+    picker = page.split('id="chat-model"')[1].split("</select>")[0]
+    assert '<option value="demo" selected>' in picker
