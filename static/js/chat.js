@@ -587,6 +587,8 @@
       var snippet = lastSent.length > 60 ? lastSent.slice(0, 59) + "…" : lastSent;
       link.textContent = conversation.title || snippet || "New conversation";
       item.appendChild(link);
+      var placeholder = ui.recent.querySelector(".chat-recent-empty");
+      if (placeholder) placeholder.parentNode.removeChild(placeholder);
       ui.recent.insertBefore(item, ui.recent.firstChild);
     }
   }
@@ -938,6 +940,14 @@
       if (title === null || !title.trim()) event.preventDefault();
       else field.value = title.trim();
     }
+  });
+  ui.empty.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-prompt]");
+    if (!button) return;
+    ui.input.value = button.dataset.prompt;
+    autosize();
+    updateComposer();
+    ui.input.focus();
   });
   document.addEventListener("keydown", function (event) {
     if (event.key === "Escape" && streamingId && !ui.stop.hidden && !document.querySelector(".msg-edit")) ui.stop.click();
