@@ -120,7 +120,7 @@ def _connect(url: str, secret: str):
 async def turns(args) -> dict:
     targets = args.conversation or [None] * args.count
     results = []
-    async with _connect(args.url, args.secret) as ws:
+    async with _connect(args.url, args.secret[0]) as ws:
         for conversation in targets:
             answer = await one_answer(ws, prompt=args.prompt, conversation=conversation)
             results.append(answer.summary(keep_gaps=False))
@@ -130,7 +130,7 @@ async def turns(args) -> dict:
 async def load(args) -> dict:
     sockets = []
     for i in range(args.streams):
-        sockets.append(await _connect(args.url, args.secret).__aenter__())
+        sockets.append(await _connect(args.url, args.secret[i % len(args.secret)]).__aenter__())
         if i % 50 == 49:
             await asyncio.sleep(0)
     print("READY", flush=True)
@@ -166,7 +166,7 @@ def main() -> None:
     for name in ("turns", "load"):
         p = sub.add_parser(name)
         p.add_argument("--url", required=True)
-        p.add_argument("--secret", required=True)
+        p.add_argument("--secret", required=True, action="append", help="repeat: sockets use them in turn")
         p.add_argument("--prompt", default="Hello there")
         if name == "turns":
             p.add_argument("--conversation", action="append")

@@ -33,6 +33,9 @@ DAPHNE = str(ROOT / ".venv" / "bin" / "daphne")
 HERE = Path(__file__).resolve().parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+LOAD_WORDS = 600  # the demo model echoes them one word-sized delta at a time
+LOAD_PROMPT = "/echo " + " ".join(f"word{i}" for i in range(LOAD_WORDS))
+RAMP_PER_SECOND = 50  # new streams per second (turn starts are database work: ~40 queries each)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -149,9 +152,10 @@ class Bench:
     def load(self, *, streams: int, prompt: str) -> dict:
         pid = self.daphne.pid
         rss_start = rss_bytes(pid)
+        secrets = [arg for secret in self.secrets for arg in ("--secret", secret)]
         client = subprocess.Popen(
-            [PY, str(HERE / "ws_client.py"), "load", "--url", self.url, "--secret", self.secret, "--prompt", prompt,
-             "--streams", str(streams), "--ramp", str(max(1.0, streams / 100))],
+            [PY, str(HERE / "ws_client.py"), "load", "--url", self.url, *secrets, "--prompt", prompt,
+             "--streams", str(streams), "--ramp", str(max(1.0, streams / RAMP_PER_SECOND))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert client.stdout is not None and client.stdin is not None
@@ -170,7 +174,8 @@ class Bench:
         client.wait(30)
         answers = json.loads(line[7:])["answers"]
         gaps = [g for a in answers for g in a["gaps"]]
-        tokens = sum(a["output_tokens"] for a in answers)
+        # At 20 deltas/s nothing is coalesced: every delta frame is one TextDelta (token) of the model.
+        tokens = sum(a["deltas"] for a in answers)
         return {
             "streams": streams,
             "complete": sum(1 for a in answers if a["status"] == "complete"),
@@ -198,8 +203,9 @@ class Bench:
         t0 = time.monotonic()
         print("preparing the database …", flush=True)
         self.ensure_database()
-        prepared = self.django("prepare", "--conversations", str(a.history_runs))
+        prepared = self.django("prepare", "--conversations", str(a.history_runs), "--orgs", str(a.orgs))
         self.secret = prepared["secret"]
+        self.secrets = prepared["secrets"]
         print("demo provider called directly …", flush=True)
         direct = self.django("direct", "--runs", str(a.ttft_runs), "--delay", "0.05")["ttft"]
 
@@ -229,7 +235,7 @@ class Bench:
             print("concurrency levels …", flush=True)
             levels = []
             for streams in a.levels:
-                result = self.load(streams=streams, prompt="/long")
+                result = self.load(streams=streams, prompt=LOAD_PROMPT)
                 ok = (
                     result["complete"] == streams
                     and result["lost"] == 0
@@ -245,7 +251,10 @@ class Bench:
                 if time.monotonic() - t0 > a.budget:
                     print("  (time budget reached)", flush=True)
                     break
-            lines.append("Concurrent streams at 20 tokens/s each (/long, ~300 tokens; one Daphne process)")
+            lines.append(
+                f"Concurrent streams at 20 tokens/s each ({LOAD_WORDS}-word answers, ~{LOAD_WORDS / 20:.0f} s; streams start "
+                f"at {RAMP_PER_SECOND}/s over {a.orgs} organizations; one Daphne process)"
+            )
             for r in levels:
                 lines.append(
                     f"  {r['streams']:>4} streams: {'PASS' if r['ok'] else 'FAIL'}  complete {r['complete']}  "
@@ -254,7 +263,7 @@ class Bench:
                     f"ttft p50 {ms(r['ttft_p50'])} p99 {ms(r['ttft_p99'])}"
                 )
                 lines.append(
-                    f"         server CPU {r['cpu_seconds']:.1f} s over {r['elapsed']:.1f} s for {r['tokens']} tokens = "
+                    f"         server CPU {r['cpu_seconds']:.1f} s over {r['elapsed']:.1f} s for {r['tokens']} relayed tokens = "
                     f"{r['cpu_us_per_token']:.0f} µs/token (everything: turn, demo model, relay, saves, settlement); "
                     f"memory {r['rss_per_idle_socket'] / 1024:.0f} KiB per open socket, "
                     f"+{r['rss_per_stream'] / 1024:.0f} KiB per streaming answer"
@@ -294,6 +303,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer runs and levels (a smoke run)")
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--budget", type=float, default=240, help="seconds after which no further level starts")
+    parser.add_argument("--orgs", type=int, default=10, help="tenants the load is spread over")
     args = parser.parse_args()
     args.database_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:55432/parley_bench")
     args.redis_url = "" if args.no_redis else os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6394/1")

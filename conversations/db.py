@@ -22,7 +22,9 @@ def _threads() -> int:
         return 4  # SQLite writes one at a time anyway
     pool = (database.get("OPTIONS") or {}).get("pool")
     size = pool.get("max_size", 20) if isinstance(pool, dict) else 20
-    return max(2, min(16, int(size) - 4))
+    # Few threads: the ORM work is CPU-bound under the GIL, and every extra busy thread delays the
+    # event loop (the streams) by up to a switch interval; the pool is for overlapping I/O waits.
+    return max(2, min(4, int(size) - 4))
 
 
 EXECUTOR = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="conversations-db")

@@ -28,7 +28,9 @@ from billing.services import turn_settle
 from conversations import hub as hub_module
 from conversations.db import db_async
 from conversations.models import Conversation, Message, Status
+from llm import chat as llm_chat
 from llm.errors import LLMError
+from llm.tokens import count_text
 from llm.types import ChatRequest, TextDelta, ToolCall, ToolResult, Usage
 
 logger = logging.getLogger(__name__)
@@ -125,9 +127,7 @@ class Generation:
                 await self.hub.publish(self.conversation_id, frame)
             self.announced = True
             saver.add(self)
-            from llm.chat import stream_chat
-
-            self.stream = stream_chat(self.request, toolset=self.toolset)
+            self.stream = llm_chat.stream_chat(self.request, toolset=self.toolset)
             async for event in self.stream:
                 kind = type(event)
                 if kind is TextDelta:
@@ -319,8 +319,6 @@ def _saver() -> PartialSaver:
 def settle_and_save(
     *, generation: Generation, usages: list[Usage], status: str, error_code: str, error_message: str, content: str
 ) -> Message:
-    from llm.tokens import count_text
-
     cost = None
     try:
         cost = turn_settle(

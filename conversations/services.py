@@ -29,6 +29,9 @@ from conversations.generation import Generation, generation_wait
 from conversations.models import DEFAULT_MODEL, Conversation, Message, Persona, Role, Status
 from conversations.selectors import conversation_get_for_member, message_get_for_member, persona_get_for_member
 from llm.errors import ModelUnavailable
+from llm.registry import model_get
+from llm.tokens import count_text, fit_messages
+from llm.tools import toolset_for_tier
 from llm.types import ChatRequest
 from llm.types import Message as LLMMessage
 
@@ -77,15 +80,11 @@ class TurnStarted:
 def _tools_for(membership: Membership, model: str):
     tier = membership.organization.tier
     if tier.has_feature("tools") or model == DEFAULT_MODEL:
-        from llm.tools import toolset_for_tier
-
         return toolset_for_tier(tier.slug)
     return None
 
 
 def _model_info(alias: str):
-    from llm.registry import model_get
-
     try:
         return model_get(alias)
     except ModelUnavailable as exc:
@@ -105,8 +104,6 @@ def _prompt(conversation: Conversation, *, model_info, max_output_tokens: int) -
     Loads at most MAX_CONTEXT_MESSAGES recent messages (older ones are summarized), never the
     whole history, and never re-tokenizes stored messages.
     """
-    from llm.tokens import count_text, fit_messages
-
     rows = list(
         Message.objects.filter(
             conversation=conversation,
@@ -210,8 +207,6 @@ def _turn_begin_locked(
     edit_of: UUID | None,
     regenerate: bool,
 ) -> tuple[TurnStarted, ChatRequest, object]:
-    from llm.tokens import count_text
-
     now = timezone.now()
     conversation_created = False
     if conversation_id is None:

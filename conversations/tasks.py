@@ -14,8 +14,12 @@ from celery import shared_task
 from django.db import transaction
 
 from accounts.models import Membership
+from billing.services import turn_authorize, turn_settle
 from conversations.models import Conversation, Message, Role
 from conversations.services import STALE_STREAMING_SECONDS, messages_mark_interrupted, title_from_text
+from llm.chat import stream_chat
+from llm.registry import model_get
+from llm.tokens import count_text
 from llm.types import ChatRequest, TextDelta
 from llm.types import Message as LLMMessage
 
@@ -63,10 +67,6 @@ def _is_uuid(value) -> bool:
 
 def _complete(*, membership: Membership, model: str, messages: list[LLMMessage], request_id: str, max_output_tokens: int) -> str:
     """One billed, non-streamed model call (used for titles and summaries)."""
-    from billing.services import turn_authorize, turn_settle
-    from llm.chat import stream_chat
-    from llm.tokens import count_text
-
     prompt_tokens = sum(count_text(m.content, model) for m in messages)
     authorization = turn_authorize(
         membership=membership,
@@ -173,8 +173,6 @@ def conversation_summarize(conversation_id: str) -> None:
         transcript = f"Summary so far:\n{conversation.summary}\n\n{transcript}"
     model = conversation.model
     try:
-        from llm.registry import model_get
-
         window = model_get(model).context_window
     except Exception:
         model, window = "demo", 8_000
@@ -193,8 +191,6 @@ def conversation_summarize(conversation_id: str) -> None:
         return
     if not summary:
         return
-    from llm.tokens import count_text
-
     with transaction.atomic():
         locked = Conversation.objects.select_for_update().filter(id=conversation.id).first()
         if locked is None or locked.summary_through > older[-1][0]:

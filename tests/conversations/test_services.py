@@ -94,13 +94,11 @@ def test_prompt_uses_stored_counts_recent_messages_and_the_summary(org_a, monkey
     conversation.summary_through = 20
     conversation.save()
     # Stored counts are used as they are: never re-tokenized.
-    import llm.tokens
-
     counted: list[str] = []
-    real_count = llm.tokens.count_text
-    monkeypatch.setattr(llm.tokens, "count_text", lambda text, model=None: counted.append(text) or real_count(text, model))
+    real_count = services.count_text
+    monkeypatch.setattr(services, "count_text", lambda text, model=None: counted.append(text) or real_count(text, model))
     started, request, _ = _begin(org_a.member, conversation.id, content="the question")
-    assert all(len(text) < 400 for text in counted), "only new text is counted"
+    assert counted and all(len(text) < 400 for text in counted), "only new text is counted"
     system = request.messages[0]
     assert system.role == "system" and "You are terse." in system.content and "m1 to m20" in system.content
     contents = [m.content for m in request.messages[1:]]
@@ -111,15 +109,13 @@ def test_prompt_uses_stored_counts_recent_messages_and_the_summary(org_a, monkey
 
 def test_prompt_fits_the_context_window(org_a, monkeypatch):
     conversation = _conversation_with_history(org_a.member, 40, words=400)
-    from llm import registry
-
-    real = registry.model_get
+    real = services.model_get
 
     def small_window(alias):
         info = real(alias)
         return info.__class__(**{**info.__dict__, "context_window": 3_000, "max_output_tokens": 500})
 
-    monkeypatch.setattr(registry, "model_get", small_window)
+    monkeypatch.setattr(services, "model_get", small_window)
     _, request, _ = _begin(org_a.member, conversation.id, content="last")
     assert 1 <= len(request.messages) < 10
     assert request.messages[-1].content == "last"
