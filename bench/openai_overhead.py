@@ -196,6 +196,8 @@ def main() -> int:
             "CELERY_TASK_ALWAYS_EAGER": "0",
             "DATABASE_POOL_MAX": "40",
         }
+        if os.environ.get("BENCH_SETTINGS"):  # an experiment's settings module (PYTHONPATH must reach it)
+            parley_env["DJANGO_SETTINGS_MODULE"] = os.environ["BENCH_SETTINGS"]
         ensure_database(database_url)
         subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=parley_env, check=True)
         out = subprocess.run([PY, "manage.py", "shell", "-c", SETUP], cwd=ROOT, env=parley_env, check=True, capture_output=True, text=True)

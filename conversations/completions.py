@@ -326,9 +326,9 @@ def _prompt_tokens(messages: tuple[LLMMessage, ...], tools: tuple[ToolSpec, ...]
 
 def _authorize(*, membership: Membership, api_key: ApiKey | None, request: CompletionRequest, request_id: str):
     from billing.services import turn_authorize
-    from llm.registry import model_get
 
-    model_get(request.model)  # unknown or unconfigured: ModelUnavailable, before billing says anything
+    # An alias the tier lacks is refused here (model_not_allowed → 404 model_not_found); one that is
+    # allowed but not configured fails in llm before any output (ModelUnavailable → the same 404).
     return turn_authorize(
         membership=membership,
         api_key=api_key,
