@@ -58,26 +58,32 @@ def _require_admin(membership: Membership) -> None:
         raise PermissionDenied("Only owners and admins can manage this organization.")
 
 
-def _locked_member(membership: Membership, target_id: UUID | str) -> Membership:
-    """The target membership in the actor's organization, locked for the rest of the transaction."""
+def _lock_owners(organization_id) -> list:
+    """Lock the organization's owner rows, always in the same order, and return their ids.
+
+    Role changes and removals take this lock first, so two concurrent demotions cannot both see
+    "another owner exists", and two owners demoting each other cannot deadlock.
+    """
+    return list(
+        Membership.objects.select_for_update()
+        .filter(organization_id=organization_id, role=Role.OWNER)
+        .order_by("pk")
+        .values_list("id", flat=True)
+    )
+
+
+def _locked_member(membership: Membership, target_id: UUID | str) -> tuple[Membership, list]:
+    """The target membership in the actor's organization (locked) and the locked owners' ids."""
+    owner_ids = _lock_owners(membership.organization_id)
     try:
-        return (
+        target = (
             Membership.objects.select_for_update()
             .select_related("user")
             .get(organization_id=membership.organization_id, id=target_id)
         )
     except (Membership.DoesNotExist, ValueError, ValidationError):
         raise NotFound("Member not found.") from None
-
-
-def _other_owner_exists(organization_id, excluding: Membership) -> bool:
-    # Lock every owner row so two concurrent demotions cannot both see "another owner exists".
-    owners = list(
-        Membership.objects.select_for_update()
-        .filter(organization_id=organization_id, role=Role.OWNER)
-        .values_list("id", flat=True)
-    )
-    return any(owner_id != excluding.id for owner_id in owners)
+    return target, owner_ids
 
 
 # --- Organizations ----------------------------------------------------------------------------
@@ -249,12 +255,12 @@ def invitation_revoke(*, membership: Membership, invitation_id: UUID | str) -> N
 def membership_change_role(*, membership: Membership, target_id: UUID | str, role: str) -> Membership:
     _require_admin(membership)
     role = _clean_role(role)
-    target = _locked_member(membership, target_id)
+    target, owner_ids = _locked_member(membership, target_id)
     if not membership.is_owner and (role == Role.OWNER or target.role == Role.OWNER):
         raise PermissionDenied("Only owners can make someone an owner or change an owner's role.")
     if target.role == role:
         return target
-    if target.role == Role.OWNER and not _other_owner_exists(target.organization_id, excluding=target):
+    if target.role == Role.OWNER and owner_ids == [target.id]:
         raise PermissionDenied("An organization needs at least one owner: make someone else an owner first.")
     target.role = role
     target.save(update_fields=["role"])
@@ -269,13 +275,13 @@ def membership_remove(*, membership: Membership, target_id: UUID | str) -> None:
 
     The removed member's API keys for this organization are revoked.
     """
-    target = _locked_member(membership, target_id)
+    target, owner_ids = _locked_member(membership, target_id)
     leaving = target.id == membership.id
     if not leaving:
         _require_admin(membership)
         if target.role == Role.OWNER and not membership.is_owner:
             raise PermissionDenied("Only owners can remove an owner.")
-    if target.role == Role.OWNER and not _other_owner_exists(target.organization_id, excluding=target):
+    if target.role == Role.OWNER and owner_ids == [target.id]:
         raise PermissionDenied(
             "An organization needs at least one owner: make someone else an owner before "
             + ("leaving." if leaving else "removing this one.")

@@ -142,3 +142,39 @@ def test_foreign_member_on_the_settings_page_is_404(org_a, org_b, login, assert_
     assert_foreign_404(client.post(f"/organization/members/{org_b.member.id}/role/", {"role": "admin"}))
     assert_foreign_404(client.post(f"/organization/members/{org_b.member.id}/remove/"))
     assert _role(org_b.member) == Role.MEMBER
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_two_owners_demoting_each_other_at_once_leave_one_owner(org_a):
+    import threading
+
+    from django.db import connection
+
+    membership_change_role(membership=org_a.owner, target_id=org_a.admin.id, role=Role.OWNER)
+    first = Membership.objects.select_related("organization", "user").get(pk=org_a.owner.pk)
+    second = Membership.objects.select_related("organization", "user").get(pk=org_a.admin.pk)
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def demote(actor, target):
+        try:
+            barrier.wait(timeout=10)
+            membership_change_role(membership=actor, target_id=target.id, role=Role.MEMBER)
+            outcomes.append("demoted")
+        except PermissionDenied:
+            outcomes.append("refused")
+        except Exception as error:  # a deadlock or anything else fails the test below
+            outcomes.append(f"error: {error!r}")
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=demote, args=(first, second)),
+        threading.Thread(target=demote, args=(second, first)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(outcomes) == ["demoted", "refused"]
+    assert Membership.objects.filter(organization=org_a.organization, role=Role.OWNER).count() == 1
