@@ -35,6 +35,7 @@ from conversations.selectors import (
 
 PAGE_SIZE = 25
 SIDEBAR_SIZE = 30
+HISTORY_SIZE = 200
 
 
 def member_required(view):
@@ -145,7 +146,15 @@ def _default_model(models: list, recent: list[Conversation]) -> str:
 
 def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
     membership = request.membership
-    history = messages_for_conversation(conversation=conversation) if conversation else []
+    history: list[Message] = []
+    earlier = False
+    if conversation is not None:
+        # The latest messages only (a long conversation would make a slow page), unless asked.
+        show_all = request.GET.get("all") == "1"
+        history = messages_for_conversation(conversation=conversation, last=None if show_all else HISTORY_SIZE + 1)
+        earlier = len(history) > HISTORY_SIZE and not show_all
+        if earlier:
+            history = history[1:]
     streaming = next((m for m in history if m.role == Role.ASSISTANT and m.status == Status.STREAMING), None)
     models = models_for_member(membership)
     recent = list(conversations_page_for_member(membership=membership)[:SIDEBAR_SIZE])
@@ -169,6 +178,7 @@ def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpR
         {
             "conversation": conversation,
             "history": history,
+            "earlier": earlier,
             "last_user_id": last_user.id if last_user else None,
             "last_answer_id": last_answer.id if last_answer else None,
             "models": models,

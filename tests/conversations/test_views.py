@@ -344,3 +344,19 @@ def test_new_chat_defaults_to_the_model_of_the_latest_conversation(as_member, or
     page = client.get(reverse("conversations:new")).content.decode()
     picker = page.split('id="chat-model"')[1].split("</select>")[0]
     assert '<option value="demo" selected>' in picker
+
+
+def test_a_long_conversation_shows_its_latest_messages(as_member, org_a, monkeypatch):
+    from conversations import views
+
+    monkeypatch.setattr(views, "HISTORY_SIZE", 4)
+    conversation = make_conversation(
+        org_a.member, "Long", messages=[(Role.USER if n % 2 else Role.ASSISTANT, f"message-{n:02d}") for n in range(1, 11)]
+    )
+    client = as_member(org_a.member)
+    page = client.get(reverse("conversations:detail", args=[conversation.id])).content.decode()
+    assert "message-06" not in page and all(f"message-{n:02d}" in page for n in range(7, 11))
+    assert "Show the whole conversation" in page
+    page = client.get(reverse("conversations:detail", args=[conversation.id]), {"all": "1"}).content.decode()
+    assert all(f"message-{n:02d}" in page for n in range(1, 11))
+    assert "Show the whole conversation" not in page
