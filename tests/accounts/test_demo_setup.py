@@ -38,3 +38,14 @@ def test_demo_setup_repairs_a_changed_password(capsys):
     call_command("parley_demo_setup")
     user.refresh_from_db()
     assert user.check_password(demo_password())
+
+
+@pytest.mark.django_db
+def test_demo_setup_keeps_a_renamed_demo_organization(capsys):
+    call_command("parley_demo_setup")
+    membership = Membership.objects.select_related("organization").get(user__email=DEMO_EMAIL)
+    membership.organization.name = "Renamed"
+    membership.organization.save()
+    call_command("parley_demo_setup")
+    assert "organization 'Renamed'" in capsys.readouterr().out
+    assert Membership.objects.filter(user__email=DEMO_EMAIL).count() == 1

@@ -38,9 +38,11 @@ class Command(BaseCommand):
             user.save(update_fields=["password"])
         EmailAddress.objects.update_or_create(user=user, email=DEMO_EMAIL, defaults={"verified": True, "primary": True})
         pro = Tier.objects.get(slug="pro")
+        # The demo user's first team organization is the demo organization, even if renamed since.
         membership = (
-            Membership.objects.filter(user=user, organization__name=DEMO_ORGANIZATION, organization__is_personal=False)
+            Membership.objects.filter(user=user, organization__is_personal=False)
             .select_related("organization")
+            .order_by("created_at")
             .first()
         )
         if membership is None:
