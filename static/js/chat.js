@@ -425,11 +425,15 @@
       method: "POST", body: body, credentials: "same-origin",
       headers: { "X-CSRFToken": csrfInput ? csrfInput.value : "" },
     }).then(function (response) {
-      return response.json().then(function (data) {
-        if (!response.ok) throw data;
+      return response.json().catch(function () { return {}; }).then(function (data) {
+        if (!response.ok || !data.id) {
+          throw { code: data.code || "error", message: data.message || "The conversation could not be started. Reload the page and try again." };
+        }
         conversationCreated({ id: data.id });
         return data;
       });
+    }, function () {
+      throw { code: "error", message: "The server could not be reached." };
     });
   }
 
