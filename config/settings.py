@@ -253,6 +253,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # The OpenAI-compatible endpoint (plain async views) is described by a hook of its own.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "conversations.openai_views.openapi_paths",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "MembershipRoleEnum": "accounts.models.Role.choices",
         "MessageRoleEnum": "conversations.models.Role.choices",

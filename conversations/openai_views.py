@@ -386,3 +386,226 @@ async def _conversation_chunks(parsed: CompletionRequest, started, subscriber, r
     finally:
         with contextlib.suppress(Exception):
             await hub_module.default().unfollow(subscriber, started.conversation.id)
+
+
+# --- the OpenAPI description (added to /api/schema/ by a drf-spectacular post-processing hook) ---
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "code", "param"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string", "example": "invalid_request_error"},
+                "code": {"type": "string", "nullable": True, "example": "model_not_found"},
+                "param": {"type": "string", "nullable": True},
+            },
+        }
+    },
+}
+_USAGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "prompt_tokens": {"type": "integer"},
+        "completion_tokens": {"type": "integer"},
+        "total_tokens": {"type": "integer"},
+        "prompt_tokens_details": {"type": "object", "properties": {"cached_tokens": {"type": "integer"}}},
+    },
+}
+_TOOL_CALL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"type": "string", "enum": ["function"]},
+        "function": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "arguments": {"type": "string", "description": "JSON text"}},
+        },
+    },
+}
+_REQUEST_SCHEMA = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        "model": {"type": "string", "description": "A Parley model alias (GET /v1/models).", "example": "demo"},
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role"],
+                "properties": {
+                    "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+                    "content": {"type": "string", "nullable": True},
+                    "tool_calls": {"type": "array", "items": _TOOL_CALL_SCHEMA},
+                    "tool_call_id": {"type": "string"},
+                    "name": {"type": "string"},
+                },
+            },
+        },
+        "stream": {"type": "boolean", "default": False},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "max_completion_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "tools": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["type", "function"],
+                "properties": {
+                    "type": {"type": "string", "enum": ["function"]},
+                    "function": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "description": {"type": "string"},
+                            "parameters": {"type": "object"},
+                        },
+                    },
+                },
+            },
+        },
+        "tool_choice": {"type": "string", "enum": ["auto", "none", "required"]},
+        "metadata": {
+            "type": "object",
+            "properties": {"parley_conversation": {"type": "string", "description": "`new` or a conversation id"}},
+        },
+    },
+}
+_COMPLETION_SCHEMA = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices", "usage"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["chat.completion"]},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "index": {"type": "integer"},
+                    "message": {
+                        "type": "object",
+                        "properties": {
+                            "role": {"type": "string", "enum": ["assistant"]},
+                            "content": {"type": "string", "nullable": True},
+                            "tool_calls": {"type": "array", "items": _TOOL_CALL_SCHEMA},
+                        },
+                    },
+                    "finish_reason": {"type": "string", "enum": ["stop", "length", "tool_calls", "content_filter"]},
+                },
+            },
+        },
+        "usage": _USAGE_SCHEMA,
+    },
+}
+_MODEL_SCHEMA = {
+    "type": "object",
+    "required": ["id", "object", "owned_by"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["model"]},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string"},
+    },
+}
+
+
+def _errors(*statuses: int) -> dict:
+    text = {
+        400: "Invalid request (OpenAI error object; `param` names the field).",
+        401: "Missing, wrong, revoked or expired API key (`invalid_api_key`).",
+        404: "Unknown model, or one your plan lacks (`model_not_found`); or a conversation that is not yours.",
+        405: "Wrong method.",
+        409: "An answer is already streaming in that conversation (`busy`).",
+        429: "Rate limited (`rate_limit_exceeded`) or budget used up (`budget_exceeded`); see Retry-After.",
+        502: "The model's provider failed before answering.",
+    }
+    return {
+        str(status): {"description": text[status], "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+        for status in statuses
+    }
+
+
+def openapi_paths(result: dict, generator, request, public) -> dict:
+    """drf-spectacular post-processing hook: describe the OpenAI-compatible endpoint in /api/schema/."""
+    security = [{"apiKey": []}]
+    tags = ["openai-compatible"]
+    result.setdefault("paths", {})
+    result["paths"]["/v1/chat/completions"] = {
+        "post": {
+            "operationId": "openai_chat_completions",
+            "summary": "Chat completion (OpenAI-compatible)",
+            "description": (__doc__ or "").strip(),
+            "tags": tags,
+            "security": security,
+            "parameters": [
+                {
+                    "in": "header",
+                    "name": CONVERSATION_HEADER,
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "`new`, or the id of one of your conversations: keep the exchange as a Parley conversation.",
+                }
+            ],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _REQUEST_SCHEMA}}},
+            "responses": {
+                "200": {
+                    "description": "The completion; with `stream: true`, `chat.completion.chunk` events ending in `data: [DONE]`.",
+                    "content": {
+                        "application/json": {"schema": _COMPLETION_SCHEMA},
+                        "text/event-stream": {
+                            "schema": {"type": "object", "properties": {"data": {"type": "string"}}}
+                        },
+                    },
+                },
+                **_errors(400, 401, 404, 405, 409, 429, 502),
+            },
+        }
+    }
+    result["paths"]["/v1/models"] = {
+        "get": {
+            "operationId": "openai_models_list",
+            "summary": "Models your organization may use (OpenAI-compatible)",
+            "tags": tags,
+            "security": security,
+            "responses": {
+                "200": {
+                    "description": "OpenAI's model list.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "object": {"type": "string", "enum": ["list"]},
+                                    "data": {"type": "array", "items": _MODEL_SCHEMA},
+                                },
+                            }
+                        }
+                    },
+                },
+                **_errors(401, 404),
+            },
+        }
+    }
+    result["paths"]["/v1/models/{model_id}"] = {
+        "get": {
+            "operationId": "openai_models_retrieve",
+            "summary": "One model (OpenAI-compatible)",
+            "tags": tags,
+            "security": security,
+            "parameters": [{"in": "path", "name": "model_id", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "OpenAI's model object.", "content": {"application/json": {"schema": _MODEL_SCHEMA}}},
+                **_errors(401, 404),
+            },
+        }
+    }
+    return result
