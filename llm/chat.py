@@ -23,8 +23,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from channels.db import database_sync_to_async
 from django.utils import timezone
@@ -81,13 +80,16 @@ _resolve_chain_async = database_sync_to_async(_resolve_chain)
 
 
 @dataclass
-class _Call:
-    """What one provider call produced (the winning attempt)."""
+class _Attempt:
+    """One provider attempt in flight."""
 
-    text: list[str] = field(default_factory=list)
-    tool_calls: list[ToolCall] = field(default_factory=list)
+    record: Attempt
+    model: ModelInfo
+    request: ChatRequest
+    events: AsyncIterator[StreamEvent]
+    started: float
+    reported: Usage | None = None
     finish: str = "stop"
-    model: ModelInfo | None = None
 
 
 class ChatStream:
@@ -100,12 +102,17 @@ class ChatStream:
         self.usages: list[Usage] = []
         self.model: ModelInfo | None = None  # the model that answered (last call)
         self._calls = 0
-        self._events: AsyncIterator[StreamEvent] | None = None
         self._gen = self._run()
         self._closed = False
+        # the watchdog of the first-token and idle timeouts (see _arm)
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._waiting = False
+        self._expired = False
+        self._task: asyncio.Task | None = None
 
-    def __aiter__(self) -> ChatStream:
-        return self
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self._gen  # `async for` drives the generator itself: no extra layer per event
 
     async def __anext__(self) -> StreamEvent:
         return await self._gen.__anext__()
@@ -117,172 +124,223 @@ class ChatStream:
         self._closed = True
         await self._gen.aclose()
 
+    # --- timeouts ----------------------------------------------------------------------------
+    # One lazily re-armed timer instead of a timeout context per event: moving the deadline is a
+    # float assignment, and the timer only cancels the task while it awaits the provider.
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        self._deadline = deadline = loop.time() + seconds
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._on_timer, loop)
+        self._waiting = True
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if not self._waiting:
+            return  # suspended at a yield: the next wait re-arms
+        if loop.time() >= self._deadline:
+            if self._task is not None:
+                self._expired = True
+                self._task.cancel()
+        else:
+            self._timer = loop.call_at(self._deadline, self._on_timer, loop)
+
+    def _disarm(self) -> None:
+        self._waiting = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> bool:
+        """After a CancelledError: was it our timeout (and no one else's cancel)?"""
+        if not self._expired:
+            return False
+        self._expired = False
+        task = self._task
+        return task is None or task.uncancel() == 0
+
     # --- the turn ------------------------------------------------------------------------------
 
     async def _run(self) -> AsyncIterator[StreamEvent]:
-        request = self.request
-        chain = await _resolve_chain_async(request.model)
-        tools = list(request.tools)
-        if self.toolset is not None:
-            names = {t.name for t in tools}
-            tools += [spec for spec in self.toolset.specs() if spec.name not in names]
-        messages = list(request.messages)
-        for round_no in range(1, self.max_tool_rounds + 2):
-            last_round = round_no > self.max_tool_rounds
-            call_request = replace(
-                request,
-                messages=tuple(messages),
-                tools=tuple(tools),
-                tool_choice=("none" if last_round and tools and self.toolset is not None else request.tool_choice),
-            )
-            call = _Call()
-            # aclosing: a stop (aclose) reaches the provider connection at once, not at garbage collection
-            async with aclosing(self._call(call_request, chain, round_no, call)) as events:
-                async for event in events:
-                    yield event
-            if not call.tool_calls:
-                yield Finished(call.finish)  # type: ignore[arg-type]
-                return
-            toolset = self.toolset
-            if toolset is None or last_round or any(c.name not in toolset for c in call.tool_calls):
-                # client-defined tools (or no more rounds): hand the calls over and stop
-                for tool_call in call.tool_calls:
-                    yield tool_call
-                yield Finished("tool_calls")
-                return
-            messages.append(Message(role="assistant", content="".join(call.text), tool_calls=tuple(call.tool_calls)))
-            for tool_call in call.tool_calls:
-                yield tool_call
-                result = await toolset.run(tool_call)
-                yield result
-                messages.append(_tool_message(result))
-
-    async def _call(self, request: ChatRequest, chain: list[ModelInfo], round_no: int, call: _Call
-                    ) -> AsyncIterator[StreamEvent]:
-        """One provider call: attempts, retries and fallbacks until one succeeds or all fail."""
-        last_error: e.LLMError | None = None
-        for model in chain:
-            if not model.supports_tools and any(m.tool_calls or m.role == "tool" for m in request.messages):
-                continue  # the conversation so far holds tool calls this model cannot read
-            limit = model.max_output_tokens
-            model_request = replace(
-                request,
-                max_output_tokens=min(request.max_output_tokens or limit, limit),
-                tools=request.tools if model.supports_tools else (),
-            )
-            sha = prompt_sha256(model_request, model.vendor_model)
-            attempts = conf.max_attempts()
-            for attempt_no in range(1, attempts + 1):
-                try:
-                    async with aclosing(self._attempt(model_request, model, attempt_no, round_no, sha, call)) as events:
-                        async for event in events:
-                            yield event
-                    self.model = model
-                    return
-                except e.LLMError as exc:
-                    if call.text:  # something reached the caller: no retry, no fallback
-                        raise
-                    last_error = exc
-                    if not exc.retryable:
-                        if isinstance(exc, _FALL_BACK_AT_ONCE):
-                            break
-                        raise
-                    if attempt_no == attempts:
-                        break
-                    delay = backoff_delay(attempt_no, getattr(exc, "retry_after", None))
-                    if delay is None:
-                        break
-                    await asyncio.sleep(delay)
-        if last_error is None:
-            last_error = e.ModelUnavailable("No model can continue this conversation.")
-        raise last_error
-
-    async def _attempt(self, request: ChatRequest, model: ModelInfo, attempt_no: int, round_no: int, sha: str,
-                       call: _Call) -> AsyncIterator[StreamEvent]:
-        self._calls += 1
-        call_id = f"{request.request_id}:{self._calls}"
-        record = Attempt(
-            request_id=request.request_id, call_id=call_id, organization_id=request.organization_id,
-            user_id=request.user_id, provider=model.provider, model=model.alias, vendor_model=model.vendor_model,
-            attempt=attempt_no, round=round_no, started_at=timezone.now(), prompt_sha256=sha,
-        )
-        started = time.monotonic()
-        call.text.clear()
-        call.tool_calls.clear()
-        text = call.text
-        tool_calls = call.tool_calls
-        reported: Usage | None = None
-        finish = "stop"
-        events = provider_get(model.provider).stream(request, model)
-        self._events = events
-        first_timeout, idle = conf.first_token_timeout(), conf.idle_timeout()
-        wait = first_timeout
-        next_event = events.__anext__
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(wait):
-                        event = await next_event()
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    which = "first token" if wait == first_timeout and not text else "next chunk"
-                    raise e.Timeout(f"{model.provider}: no {which} within {wait:g} s", provider=model.provider)
-                wait = idle
-                kind = type(event)
-                if kind is TextDelta:
-                    if record.time_to_first_token_ms is None:
-                        record.time_to_first_token_ms = int((time.monotonic() - started) * 1000)
-                    text.append(event.text)
-                    yield event
-                elif kind is ToolCall:
-                    tool_calls.append(event)  # held until the call ends, so a retry cannot repeat it
-                elif kind is Usage:
-                    reported = event
-                elif kind is Finished:
-                    finish = event.reason
-        except e.LLMError as exc:
-            await _close(events)
-            record.status, record.error_class, record.error_message = "error", type(exc).__name__, exc.message
-            self._bill(record, request, model, reported, text, tool_calls,
-                       estimate=bool(text) or isinstance(exc, e.Timeout))
-            await self._log(record, started)
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            await _close(events)
-            record.status, record.finish_reason = "cancelled", "cancelled"
-            self._bill(record, request, model, reported, text, tool_calls, estimate=True)
-            await self._log(record, started, shielded=True)
-            raise
-        except Exception as exc:  # an adapter bug must still end as a typed error, and be logged
-            await _close(events)
-            logger.exception("provider %s failed unexpectedly", model.provider)
-            record.status, record.error_class = "error", type(exc).__name__
-            record.error_message = "unexpected adapter error"
-            self._bill(record, request, model, reported, text, tool_calls, estimate=bool(text))
-            await self._log(record, started)
-            raise e.ProviderUnavailable(f"{model.provider}: unexpected error ({type(exc).__name__})",
-                                        provider=model.provider) from exc
-        finally:
-            self._events = None
-        record.finish_reason = "tool_calls" if tool_calls else finish
-        usage = self._bill(record, request, model, reported, text, tool_calls, estimate=True)
-        await self._log(record, started)
-        call.finish = record.finish_reason
-        call.model = model
-        if usage is not None:
-            yield usage
+            request = self.request
+            chain = await _resolve_chain_async(request.model)
+            tools = list(request.tools)
+            if self.toolset is not None:
+                names = {t.name for t in tools}
+                tools += [spec for spec in self.toolset.specs() if spec.name not in names]
+            messages = list(request.messages)
+            loop = asyncio.get_running_loop()
+            first_timeout, idle = conf.first_token_timeout(), conf.idle_timeout()
+            attempts = conf.max_attempts()
+            for round_no in range(1, self.max_tool_rounds + 2):
+                last_round = round_no > self.max_tool_rounds
+                call_request = replace(
+                    request,
+                    messages=tuple(messages),
+                    tools=tuple(tools),
+                    tool_choice=("none" if last_round and tools and self.toolset is not None else request.tool_choice),
+                )
+                text: list[str] = []
+                tool_calls: list[ToolCall] = []  # held until the call ends, so a retry cannot repeat them
+                answered: _Attempt | None = None
+                last_error: e.LLMError | None = None
+                # one provider call: attempts, retries and fallbacks until one succeeds or all fail
+                for model in chain:
+                    if not model.supports_tools and any(m.tool_calls or m.role == "tool" for m in call_request.messages):
+                        continue  # the conversation so far holds tool calls this model cannot read
+                    limit = model.max_output_tokens
+                    model_request = replace(
+                        call_request,
+                        max_output_tokens=min(call_request.max_output_tokens or limit, limit),
+                        tools=call_request.tools if model.supports_tools else (),
+                    )
+                    sha = prompt_sha256(model_request, model.vendor_model)
+                    for attempt_no in range(1, attempts + 1):
+                        attempt = self._start(model_request, model, attempt_no, round_no, sha)
+                        text.clear()
+                        tool_calls.clear()
+                        next_event = attempt.events.__anext__
+                        self._task = asyncio.current_task()
+                        wait = first_timeout
+                        try:
+                            while True:
+                                self._arm(loop, wait)
+                                try:
+                                    event = await next_event()
+                                except StopAsyncIteration:
+                                    break
+                                except asyncio.CancelledError:
+                                    if self._timed_out():
+                                        which = "first token" if not text and wait == first_timeout else "next chunk"
+                                        raise e.Timeout(f"{model.provider}: no {which} within {wait:g} s",
+                                                        provider=model.provider) from None
+                                    raise
+                                finally:
+                                    self._waiting = False
+                                wait = idle
+                                kind = type(event)
+                                if kind is TextDelta:
+                                    if not text:
+                                        attempt.record.time_to_first_token_ms = int(
+                                            (time.monotonic() - attempt.started) * 1000)
+                                    text.append(event.text)
+                                    yield event
+                                elif kind is ToolCall:
+                                    tool_calls.append(event)
+                                elif kind is Usage:
+                                    attempt.reported = event
+                                elif kind is Finished:
+                                    attempt.finish = event.reason
+                        except e.LLMError as exc:
+                            await self._failed(attempt, exc, text, tool_calls)
+                            if text:  # something reached the caller: no retry, no fallback
+                                raise
+                            last_error = exc
+                            if not exc.retryable:
+                                if isinstance(exc, _FALL_BACK_AT_ONCE):
+                                    break
+                                raise
+                            if attempt_no == attempts:
+                                break
+                            delay = backoff_delay(attempt_no, getattr(exc, "retry_after", None))
+                            if delay is None:
+                                break
+                            await asyncio.sleep(delay)
+                            continue
+                        except (asyncio.CancelledError, GeneratorExit):
+                            await self._cancelled(attempt, text, tool_calls)
+                            raise
+                        except Exception as exc:  # an adapter bug must still end as a typed error, and be logged
+                            await self._crashed(attempt, exc, text, tool_calls)
+                            raise e.ProviderUnavailable(f"{model.provider}: unexpected error ({type(exc).__name__})",
+                                                        provider=model.provider) from exc
+                        usage = await self._succeeded(attempt, text, tool_calls)
+                        answered = attempt
+                        if usage is not None:
+                            yield usage
+                        break
+                    if answered is not None:
+                        break
+                if answered is None:
+                    raise last_error or e.ModelUnavailable("No model can continue this conversation.")
+                self.model = answered.model
 
-    def _bill(self, record: Attempt, request: ChatRequest, model: ModelInfo, reported: Usage | None,
-              text: list[str], tool_calls: list[ToolCall], *, estimate: bool) -> Usage | None:
+                if not tool_calls:
+                    yield Finished(answered.record.finish_reason)  # type: ignore[arg-type]
+                    return
+                toolset = self.toolset
+                calls = list(tool_calls)
+                if toolset is None or last_round or any(c.name not in toolset for c in calls):
+                    # client-defined tools (or no more rounds): hand the calls over and stop
+                    for tool_call in calls:
+                        yield tool_call
+                    yield Finished("tool_calls")
+                    return
+                messages.append(Message(role="assistant", content="".join(text), tool_calls=tuple(calls)))
+                for tool_call in calls:
+                    yield tool_call
+                    result = await toolset.run(tool_call)
+                    yield result
+                    messages.append(_tool_message(result))
+        finally:
+            self._disarm()
+
+    # --- bookkeeping of one attempt ----------------------------------------------------------------
+
+    def _start(self, request: ChatRequest, model: ModelInfo, attempt_no: int, round_no: int, sha: str) -> _Attempt:
+        self._calls += 1
+        record = Attempt(
+            request_id=request.request_id, call_id=f"{request.request_id}:{self._calls}",
+            organization_id=request.organization_id, user_id=request.user_id, provider=model.provider,
+            model=model.alias, vendor_model=model.vendor_model, attempt=attempt_no, round=round_no,
+            started_at=timezone.now(), prompt_sha256=sha,
+        )
+        events = provider_get(model.provider).stream(request, model)
+        return _Attempt(record=record, model=model, request=request, events=events, started=time.monotonic())
+
+    async def _succeeded(self, attempt: _Attempt, text: list[str], tool_calls: list[ToolCall]) -> Usage | None:
+        attempt.record.finish_reason = "tool_calls" if tool_calls else attempt.finish
+        usage = self._bill(attempt, text, tool_calls, estimate=True)
+        await self._log(attempt)
+        return usage
+
+    async def _failed(self, attempt: _Attempt, exc: e.LLMError, text: list[str], tool_calls: list[ToolCall]) -> None:
+        await _close(attempt.events)
+        record = attempt.record
+        record.status, record.error_class, record.error_message = "error", type(exc).__name__, exc.message
+        # a call that streamed, or timed out after it was sent, may have cost money
+        self._bill(attempt, text, tool_calls, estimate=bool(text) or isinstance(exc, e.Timeout))
+        await self._log(attempt)
+
+    async def _cancelled(self, attempt: _Attempt, text: list[str], tool_calls: list[ToolCall]) -> None:
+        self._disarm()
+        await _close(attempt.events)
+        attempt.record.status = attempt.record.finish_reason = "cancelled"
+        self._bill(attempt, text, tool_calls, estimate=True)
+        await self._log(attempt, shielded=True)
+
+    async def _crashed(self, attempt: _Attempt, exc: Exception, text: list[str], tool_calls: list[ToolCall]) -> None:
+        logger.exception("provider %s failed unexpectedly", attempt.model.provider)
+        await _close(attempt.events)
+        record = attempt.record
+        record.status, record.error_class, record.error_message = "error", type(exc).__name__, "unexpected adapter error"
+        self._bill(attempt, text, tool_calls, estimate=bool(text))
+        await self._log(attempt)
+
+    def _bill(self, attempt: _Attempt, text: list[str], tool_calls: list[ToolCall], *, estimate: bool) -> Usage | None:
         """The attempt's Usage (reported, else counted when it may have cost money), added to `usages`."""
-        if reported is not None:
-            usage = replace(reported, call_id=record.call_id, model=model.alias, provider=model.provider)
+        record, model = attempt.record, attempt.model
+        if attempt.reported is not None:
+            usage = replace(attempt.reported, call_id=record.call_id, model=model.alias, provider=model.provider)
         elif estimate:
             output = count_text("".join(text), model.alias) + sum(
                 count_text(c.name) + count_text(c.raw_arguments or json.dumps(c.arguments)) for c in tool_calls
             )
-            usage = Usage(input_tokens=count_messages(request.messages, model.alias), output_tokens=output,
+            usage = Usage(input_tokens=count_messages(attempt.request.messages, model.alias), output_tokens=output,
                           call_id=record.call_id, model=model.alias, provider=model.provider, estimated=True)
         else:
             return None
@@ -290,12 +348,12 @@ class ChatStream:
         self.usages.append(usage)
         return usage
 
-    async def _log(self, record: Attempt, started: float, *, shielded: bool = False) -> None:
-        record.duration_ms = int((time.monotonic() - started) * 1000)
+    async def _log(self, attempt: _Attempt, *, shielded: bool = False) -> None:
+        attempt.record.duration_ms = int((time.monotonic() - attempt.started) * 1000)
         if not shielded:
-            await call_log_write(record)
+            await call_log_write(attempt.record)
             return
-        task = asyncio.ensure_future(call_log_write(record))
+        task = asyncio.ensure_future(call_log_write(attempt.record))
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:

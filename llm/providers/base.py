@@ -147,3 +147,15 @@ def client_for_loop(key: tuple, make: Callable[[], C]) -> C:
     if client is None:
         client = per_loop[key] = make()
     return client
+
+
+async def clients_close() -> None:
+    """Close the SDK clients of the running loop (before the loop ends, e.g. in a script)."""
+    per_loop = _clients.pop(asyncio.get_running_loop(), {})
+    for client in per_loop.values():
+        close = getattr(getattr(client, "aio", None), "aclose", None) or getattr(client, "close", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:  # noqa: S110 - closing is best effort
+                pass

@@ -56,6 +56,7 @@ class Reply:
     stall_after: int | None = None  # stop sending (connection stays open) after N deltas
     drop_after: int | None = None  # cut the connection mid-body after N deltas
     error_after: tuple[int, FakeError] | None = None  # an error event inside the 200 stream after N deltas
+    burst: bool = False  # write the whole stream at once (benchmarks: the client never waits on the server)
 
     def resolved_usage(self) -> tuple[int, int, int] | None:
         if self.usage is None:

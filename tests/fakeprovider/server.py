@@ -223,11 +223,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.flush()
 
+    burst: list[bytes] | None = None
+
     def chunk(self, data: bytes) -> None:
+        if self.burst is not None:
+            self.burst.append(b"%x\r\n%s\r\n" % (len(data), data))
+            return
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
     def end_stream(self) -> None:
+        if self.burst is not None:
+            self.wfile.write(b"".join(self.burst))
+            self.burst = None
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
@@ -258,6 +266,8 @@ class _Renderer:
         if step.first_byte_delay:
             self.release.wait(step.first_byte_delay)
         self.h.start_stream()
+        if step.burst:
+            self.h.burst = []
         self.start(step)
         for index, text in enumerate(step.text):
             if self._interrupt(step, index):
