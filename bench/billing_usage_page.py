@@ -69,7 +69,7 @@ def load(rows: int, orgs: list[tuple[Organization, list[Membership]]], now: date
         with raw.copy(f"COPY billing_ledgerentry ({', '.join(COLUMNS)}) FROM STDIN") as copy:
             for n in range(rows):
                 organization, members = orgs[0] if n % 2 == 0 else orgs[1 + n % (len(orgs) - 1)]
-                member = members[n % len(members)]
+                member = members[rng.randrange(len(members))]
                 if n < today_rows:
                     at = now - timedelta(seconds=rng.random() * (now.hour * 3600 + now.minute * 60))
                 else:
@@ -78,7 +78,7 @@ def load(rows: int, orgs: list[tuple[Organization, list[Membership]]], now: date
                 copy.write_row(
                     (
                         uuid.uuid4(), organization.id, member.id, "", f"bench-{seed}-{n}-{uuid.uuid4().hex[:8]}", "",
-                        "bench", MODELS[n % len(MODELS)], inp, out, 0, Decimal("1"), Decimal("2"), Decimal("1"),
+                        "bench", MODELS[rng.randrange(len(MODELS))], inp, out, 0, Decimal("1"), Decimal("2"), Decimal("1"),
                         (Decimal(inp) + Decimal(out) * 2) / Decimal(1_000_000), False, at,
                     )
                 )  # fmt: skip

@@ -79,6 +79,7 @@ def _policy(tier_id: int) -> RateLimitPolicy | None:
 
 def rate_limit_policies_forget() -> None:
     _policies.clear()
+    _model_limits.clear()
 
 
 def rate_limit_scopes(*, membership: Membership, api_key: ApiKey | None = None) -> list[Scope]:
@@ -173,7 +174,15 @@ def _money(value: Decimal) -> str:
 # --- authorize -----------------------------------------------------------------------------------
 
 
+_model_limits: dict[str, tuple[float, int | None]] = {}
+
+
 def _model_output_limit(model: str) -> int | None:
+    """The model's most output tokens from the llm registry (cached 30 s per process), or None."""
+    now = time.monotonic()
+    cached = _model_limits.get(model)
+    if cached is not None and cached[0] > now:
+        return cached[1]
     try:
         from llm.registry import model_get
     except ImportError:
@@ -182,12 +191,14 @@ def _model_output_limit(model: str) -> int | None:
 
     try:
         with transaction.atomic():  # a savepoint: a failed lookup must not break the caller's transaction
-            return model_get(model).max_output_tokens
+            limit = model_get(model).max_output_tokens
     except LLMError:  # unknown or unconfigured: the turn itself reports that; billing only clamps
-        return None
+        limit = None
     except DatabaseError:
         logger.exception("model registry lookup failed for %s", model)
         return None
+    _model_limits[model] = (now + _POLICY_TTL, limit)
+    return limit
 
 
 def turn_authorize(
@@ -299,7 +310,7 @@ def _reserve(
             )
     for counter in (org_counter, member_counter):
         counter.reserved += amount
-        counter.save(update_fields=["reserved"])
+    PeriodSpend.objects.bulk_update([org_counter, member_counter], ["reserved"])
     return Reservation.objects.create(
         organization=organization,
         membership=membership,
@@ -432,8 +443,7 @@ def _settle(
         for counter in (org_now, member_now):
             if counter is not None:
                 counter.spent += new_cost
-        for counter in held.values():
-            counter.save(update_fields=["spent", "reserved"])
+        PeriodSpend.objects.bulk_update(list(held.values()), ["spent", "reserved"])
         if new_entries:
             LedgerEntry.objects.bulk_create(new_entries)
             org_limit, member_limit = _budget_limits(
