@@ -7,3 +7,22 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("parley")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@app.on_after_configure.connect
+def _collect_beat_schedules(sender: Celery, **kwargs) -> None:
+    """Each app declares its periodic tasks in its own `beat.py` (BEAT_SCHEDULE); merge them here."""
+    from importlib import import_module
+
+    from django.conf import settings
+
+    schedule = dict(sender.conf.beat_schedule or {})
+    for name in settings.INSTALLED_APPS:
+        try:
+            module = import_module(f"{name}.beat")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{name}.beat":
+                raise
+            continue
+        schedule.update(getattr(module, "BEAT_SCHEDULE", {}))
+    sender.conf.beat_schedule = schedule
