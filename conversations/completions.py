@@ -30,6 +30,7 @@ from channels.db import database_sync_to_async
 
 from accounts.errors import ParleyError
 from accounts.models import ApiKey, Membership
+from accounts.selectors import api_key_authenticate
 from llm.errors import LLMError
 from llm.types import ChatRequest, Finished, TextDelta, ToolCall, ToolSpec, Usage
 from llm.types import Message as LLMMessage
@@ -346,8 +347,14 @@ def _settle(*, authorization, usages: list[Usage], membership: Membership, api_k
     return turn_settle(authorization=authorization, usages=usages, membership=membership, api_key=api_key)
 
 
+def _authenticate_and_authorize(*, secret: str, request: CompletionRequest, request_id: str):
+    """The key, its member and the authorization, in one trip to a database thread (the hot path)."""
+    key, membership = api_key_authenticate(secret=secret)
+    return key, membership, _authorize(membership=membership, api_key=key, request=request, request_id=request_id)
+
+
 # Independent short transactions: the thread pool, not the one shared database thread.
-_authorize_async = database_sync_to_async(_authorize, thread_sensitive=False)
+_authenticate_and_authorize_async = database_sync_to_async(_authenticate_and_authorize, thread_sensitive=False)
 _settle_async = database_sync_to_async(_settle, thread_sensitive=False)
 
 
@@ -369,9 +376,21 @@ class CompletionRun:
         self.task: asyncio.Task | None = None
         self._settled = False
 
+    @classmethod
+    async def open(cls, *, secret: str, request: CompletionRequest) -> CompletionRun:
+        """Authenticate the key and authorize the call (raising Parley's refusals), then start it."""
+        request_id = "chatcmpl-" + uuid.uuid4().hex
+        key, membership, authorization = await _authenticate_and_authorize_async(
+            secret=secret, request=request, request_id=request_id
+        )
+        run = cls(membership=membership, api_key=key, request=request, id=request_id)
+        run.authorization = authorization
+        run.task = _keep(asyncio.get_running_loop().create_task(run._run(), context=contextvars.Context()))
+        return run
+
     async def start(self) -> None:
         """Authorize (raising Parley's refusals), then start the call as a task of its own."""
-        self.authorization = await _authorize_async(
+        self.authorization = await database_sync_to_async(_authorize, thread_sensitive=False)(
             membership=self.membership, api_key=self.api_key, request=self.request, request_id=self.id
         )
         self.task = _keep(

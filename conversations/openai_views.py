@@ -156,20 +156,29 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         return _method_not_allowed("POST")
     model = ""
     try:
-        key, membership = await _member(request)
-        if len(request.body) > MAX_BODY_BYTES:
-            raise CompletionError("The request body is too large.", status=413, code="payload_too_large")
+        secret = bearer_secret(request.headers.get("Authorization"))
+        if secret is None:
+            await _member(request)  # raises the 401
+        problem, target = None, None
         try:
-            body = json.loads(request.body or b"null")
-        except ValueError:
-            raise CompletionError("The body is not valid JSON.") from None
-        parsed = parse_request(body)
-        model = parsed.model
-        target = _conversation_target(request, body)
-        if target is not None:
+            if len(request.body) > MAX_BODY_BYTES:
+                raise CompletionError("The request body is too large.", status=413, code="payload_too_large")
+            try:
+                body = json.loads(request.body or b"null")
+            except ValueError:
+                raise CompletionError("The body is not valid JSON.") from None
+            parsed = parse_request(body)
+            model = parsed.model
+            target = _conversation_target(request, body)
+        except CompletionError as error:
+            problem = error
+        if problem is not None or target is not None:
+            key, membership = await _member(request)  # a bad key is 401 whatever the body
+            if problem is not None:
+                raise problem
             return await _conversation_turn(membership, key, parsed, target)
-        run = CompletionRun(membership=membership, api_key=key, request=parsed)
-        await asyncio.shield(run.start())
+        # The hot path: the key, the rules and the reservation in one trip to the database.
+        run = await asyncio.shield(CompletionRun.open(secret=secret, request=parsed))
     except CompletionError as error:
         return error_response(error)
     except ParleyError as exc:
