@@ -130,6 +130,7 @@ class ChatStream:
 
     def _arm(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
         self._deadline = deadline = loop.time() + seconds
+        self._task = asyncio.current_task()  # whoever iterates now is who a timeout interrupts
         timer = self._timer
         if timer is None or timer.when() > deadline:
             if timer is not None:
@@ -204,7 +205,6 @@ class ChatStream:
                         text.clear()
                         tool_calls.clear()
                         next_event = attempt.events.__anext__
-                        self._task = asyncio.current_task()
                         wait = first_timeout
                         try:
                             while True:

@@ -89,8 +89,8 @@ def fit_messages(
 
     `token_counts[i]` is the stored count of `messages[i]` (its content; the per-message framing is
     added here), so nothing is re-tokenized. Older messages are dropped; the newest message is kept
-    even when it alone is too long, so the provider answers with a clear ContextTooLong. A kept
-    history never starts with a tool result whose call was dropped.
+    even when it alone is too long, so the provider answers with a clear ContextTooLong. A history
+    that had to be cut starts at a user message.
     """
     if len(token_counts) != len(messages):
         raise ValueError("one token count per message")
@@ -108,6 +108,9 @@ def fit_messages(
         if budget < 0:
             break
     kept = list(messages[kept_from:])
-    while len(kept) > 1 and kept[0].role == "tool":
-        kept.pop(0)
+    if kept_from > 0:
+        # a cut history starts at a user message: not with an answer (or a tool result) whose question
+        # was dropped, which several vendors refuse
+        while len(kept) > 1 and kept[0].role != "user":
+            kept.pop(0)
     return ([system] if system is not None else []) + kept

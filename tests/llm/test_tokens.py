@@ -59,7 +59,15 @@ def test_fit_keeps_the_system_prompt_and_the_most_recent_messages():
     kept = tokens.fit_messages(system, messages, counts, context_window=budget_for_four + 100 + 5,
                                max_output_tokens=100)
     assert kept[0] is system
-    assert kept[1:] == messages[-4:]
+    assert kept[1:] == messages[-4:]  # starts with a user message (messages[6])
+
+
+def test_a_cut_history_starts_with_a_user_message():
+    messages, counts = _history(10)
+    per = 10 + tokens.MESSAGE_OVERHEAD
+    kept = tokens.fit_messages(None, messages, counts, context_window=3 * per + tokens.REPLY_PRIMING,
+                               max_output_tokens=0)
+    assert kept == messages[-2:]  # messages[-3] (an answer) would fit, but its question did not
 
 
 def test_fit_keeps_everything_that_fits_and_works_without_system():
@@ -74,7 +82,7 @@ def test_fit_keeps_the_newest_message_even_when_it_alone_is_too_long():
     assert kept == [messages[-1]]
 
 
-def test_fit_never_starts_with_an_orphaned_tool_result():
+def test_fit_never_starts_with_an_orphaned_tool_result():  # nor with the answer that called it
     from llm.types import ToolCall
 
     messages = [
@@ -88,7 +96,7 @@ def test_fit_never_starts_with_an_orphaned_tool_result():
     per = 10 + tokens.MESSAGE_OVERHEAD
     kept = tokens.fit_messages(None, messages, counts, context_window=3 * per + tokens.REPLY_PRIMING + 1,
                                max_output_tokens=0)
-    assert [m.role for m in kept] == ["assistant", "user"]
+    assert [m.role for m in kept] == ["user"]
 
 
 def test_fit_requires_one_count_per_message():
