@@ -128,35 +128,35 @@ def _budget_limits(*, organization: Organization, membership_id: UUID | None) ->
 
 
 
-def _lock_counters(*, organization_id: UUID, membership_id: UUID | None, start) -> tuple[PeriodSpend, PeriodSpend | None]:
-    """The organization's and the member's counters for the period, created if missing, locked."""
-
-    def select() -> list[PeriodSpend]:
-        scope = Q(membership__isnull=True)
-        if membership_id is not None:
-            scope |= Q(membership_id=membership_id)
-        return list(
-            PeriodSpend.objects.select_for_update()
-            .filter(scope, organization_id=organization_id, period_start=start)
-            .order_by("id")
-        )
-
-    wanted = 1 if membership_id is None else 2
-    rows = select()
-    if len(rows) < wanted:
-        # ON CONFLICT DO NOTHING: a concurrent creator wins, and we lock its row below.
+def _lock_counter(*, organization_id: UUID, membership_id: UUID | None, start) -> PeriodSpend:
+    """One counter for the period, created if missing, locked (SELECT … FOR UPDATE)."""
+    rows = PeriodSpend.objects.select_for_update().filter(
+        organization_id=organization_id, membership_id=membership_id, period_start=start
+    )
+    row = rows.first()
+    if row is None:
+        # ON CONFLICT DO NOTHING: when another transaction is creating the same row, this waits for it.
         PeriodSpend.objects.bulk_create(
-            [PeriodSpend(organization_id=organization_id, membership_id=None, period_start=start)]
-            + (
-                [PeriodSpend(organization_id=organization_id, membership_id=membership_id, period_start=start)]
-                if membership_id is not None
-                else []
-            ),
+            [PeriodSpend(organization_id=organization_id, membership_id=membership_id, period_start=start)],
             ignore_conflicts=True,
         )
-        rows = select()
-    org = next(r for r in rows if r.membership_id is None)
-    member = next((r for r in rows if r.membership_id is not None), None)
+        row = rows.first()
+    return row
+
+
+def _lock_counters(*, organization_id: UUID, membership_id: UUID | None, start) -> tuple[PeriodSpend, PeriodSpend | None]:
+    """The organization's and then the member's counter for the period, created if missing, locked.
+
+    Always the organization's first: every turn of the organization then queues on that one row,
+    and the member's row is only ever created or locked by a transaction that already holds it
+    (creating both in one statement let two transactions wait on each other's new rows).
+    """
+    org = _lock_counter(organization_id=organization_id, membership_id=None, start=start)
+    member = (
+        _lock_counter(organization_id=organization_id, membership_id=membership_id, start=start)
+        if membership_id is not None
+        else None
+    )
     return org, member
 
 
