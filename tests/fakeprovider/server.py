@@ -450,7 +450,11 @@ class _Anthropic(_Renderer):
                                            "stop_sequence": None}}
         usage = step.resolved_usage()
         if usage is not None:
-            # cumulative output tokens (the real API sends the running total, not an increment)
+            # "one or more" message_delta events, each with the running total of output tokens (not an
+            # increment): a client that adds them up over-counts
+            if usage[1] >= 2:
+                self.sse({"type": "message_delta", "delta": {"stop_reason": None, "stop_sequence": None},
+                          "usage": {"output_tokens": usage[1] // 2}}, "message_delta")
             delta["usage"] = {"output_tokens": usage[1]}
         self.sse(delta, "message_delta")
         self.sse({"type": "message_stop"}, "message_stop")

@@ -213,7 +213,8 @@ async def test_openai_compatible_server_with_its_own_key(fake_provider, make_req
 
 
 async def test_anthropic_output_tokens_are_cumulative_not_summed(fake_provider, make_request):
-    # message_start says output_tokens=1, message_delta the running total: the total is 7, not 8
+    # message_start says output_tokens=1, then two message_delta events carry running totals 3 and 7:
+    # the total is 7 (not 8, 10 or 11)
     fake_provider.anthropic.script([reply("a", "b", usage=(40, 7))])
     stream = stream_chat(make_request("claude-haiku-4-5", "Hi"))
     await collect(stream)
