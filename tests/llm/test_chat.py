@@ -248,3 +248,14 @@ async def test_gemini_uses_api_v1_and_a_system_instruction(fake_provider, make_r
 def test_chat_module_imports_no_vendor_sdk():
     source = open(chat.__file__).read()
     assert "import openai" not in source and "import anthropic" not in source and "genai" not in source
+
+
+async def test_a_complete_stream_without_usage_is_billed_on_an_estimate(fake_provider, make_request):
+    # e.g. an OpenAI-compatible server that ignores stream_options.include_usage
+    fake_provider.openai.script([reply("Hello", " there", usage=None)])
+    request = make_request("gpt-5.2-instant", "Hi")
+    stream = stream_chat(request)
+    events = await collect(stream)
+    [usage] = stream.usages
+    assert usage.estimated and usage.output_tokens == 2 and usage.input_tokens > 0
+    assert usage in events and usage.call_id == f"{request.request_id}:1"
