@@ -210,8 +210,13 @@ def turn_authorize(
     message_chars: int,
     max_output_tokens: int | None,
     request_id: str,
+    max_calls: int = 1,
 ) -> TurnAuthorization:
     """Check the tier's rules, the price, the rate limits, then reserve the worst-case cost.
+
+    `max_calls`: how many provider calls the turn may make (a tool loop of N rounds makes N + 1);
+    each later call's prompt is counted as growing by a whole answer, so the reservation still
+    covers the worst case and the budget cannot be overshot.
 
     Raises ModelNotAllowed, ModelNotPriced, MessageTooLong, RateLimitExceeded or BudgetExceeded.
     Authorizing the same request id twice returns the first authorization.
@@ -246,7 +251,11 @@ def turn_authorize(
     if max_output_tokens:
         limits.append(max_output_tokens)
     output_tokens = max(1, min(limits))
-    worst_case = price.cost(input_tokens=max(0, prompt_tokens), output_tokens=output_tokens)
+    calls = max(1, max_calls)
+    worst_case = sum(
+        (price.cost(input_tokens=max(0, prompt_tokens) + n * output_tokens, output_tokens=output_tokens) for n in range(calls)),
+        ZERO,
+    )
 
     verdict = limiter().admit(rate_limit_scopes(membership=membership, api_key=api_key))
     if not verdict.allowed:

@@ -128,3 +128,20 @@ def test_release_task_runs_the_service(org_a, test_model):
     authorize(org_a.member)
     with mock.patch("django.utils.timezone.now", return_value=timezone.now() + timedelta(hours=1)):
         assert release_task.delay().get() == 1
+
+
+@pytest.mark.django_db
+def test_a_tool_loop_reserves_every_call_it_may_make(org_a, test_model):
+    from billing.services import turn_authorize
+
+    from .conftest import fresh, request_id
+
+    auth = turn_authorize(
+        membership=fresh(org_a.member), model="test-model", prompt_tokens=1000, message_chars=10,
+        max_output_tokens=1000, request_id=request_id(), max_calls=3,
+    )  # fmt: skip
+    # calls with prompts of 1000, 2000 and 3000 tokens, each answering up to 1000: $0.006 input + $0.006 output
+    assert auth.reserved_cost == Decimal("0.012")
+    usages = [usage_for(auth, suffix=str(n), input_tokens=1000 + 1000 * n) for n in range(3)]
+    assert settle(auth, org_a.member, usages) == Decimal("0.012")
+    assert counters(org_a.member)[0].reserved == 0
