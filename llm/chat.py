@@ -256,8 +256,9 @@ class ChatStream:
                             raise
                         except Exception as exc:  # an adapter bug must still end as a typed error, and be logged
                             await self._crashed(attempt, exc, text, tool_calls)
+                            # logged with its traceback in _crashed; no vendor object crosses the interface
                             raise e.ProviderUnavailable(f"{model.provider}: unexpected error ({type(exc).__name__})",
-                                                        provider=model.provider) from exc
+                                                        provider=model.provider) from None
                         usage = await self._succeeded(attempt, text, tool_calls)
                         answered = attempt
                         if usage is not None:

@@ -259,3 +259,22 @@ async def test_a_complete_stream_without_usage_is_billed_on_an_estimate(fake_pro
     [usage] = stream.usages
     assert usage.estimated and usage.output_tokens == 2 and usage.input_tokens > 0
     assert usage in events and usage.call_id == f"{request.request_id}:1"
+
+
+async def test_an_adapter_bug_ends_as_a_typed_error(make_request, monkeypatch):
+    class Broken:
+        name = "demo"
+
+        async def stream(self, request, model):
+            yield TextDelta("a")
+            raise KeyError("bug")
+
+    monkeypatch.setattr(chat, "provider_get", lambda name: Broken())
+    request = make_request("demo", "Hi")
+    stream = stream_chat(request)
+    with pytest.raises(errors.ProviderUnavailable) as raised:
+        await collect(stream)
+    assert raised.value.__cause__ is None and "KeyError" in raised.value.message
+    [row] = await rows_async(request.request_id)
+    assert row.status == "error" and row.error_class == "KeyError"
+    assert stream.usages[0].estimated
