@@ -305,7 +305,8 @@ def _reserve(
     if member_limit is not None:
         checks.append((member_counter, member_limit, "Your monthly budget"))
     for counter, limit, what in checks:
-        if counter.spent + counter.reserved + amount > limit:
+        # At 100 % every turn is refused, even one of a free model.
+        if counter.spent >= limit or counter.spent + counter.reserved + amount > limit:
             used_up = counter.spent >= limit
             detail = (
                 f"{what} of {_money(limit)} is used up"

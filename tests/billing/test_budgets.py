@@ -167,3 +167,13 @@ def test_spent_budget_refuses_everything_until_reset(org_a, test_model):
     assert "used up" in refused.value.message
     assert refused.value.retry_after > 0
     _ = timedelta
+
+
+@pytest.mark.django_db
+def test_a_used_up_budget_refuses_free_models_too(org_a, test_model):
+    organization_budget_set(organization=org_a.organization, monthly_limit_usd=Decimal("0.003"))
+    authorize(org_a.member, model="demo")  # free, and the budget has room
+    auth = authorize(org_a.member)
+    settle(auth, org_a.member)
+    with pytest.raises(BudgetExceeded):
+        authorize(org_a.member, model="demo")
