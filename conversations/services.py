@@ -98,23 +98,28 @@ def _system_text(conversation: Conversation) -> str:
     return "\n\n".join(parts)
 
 
-def _prompt(conversation: Conversation, *, model_info, max_output_tokens: int) -> tuple[tuple[LLMMessage, ...], int]:
+def _prompt(
+    conversation: Conversation, *, model_info, max_output_tokens: int, only: Message | None = None
+) -> tuple[tuple[LLMMessage, ...], int]:
     """The prompt within the model's context window, from the stored token counts.
 
     Loads at most MAX_CONTEXT_MESSAGES recent messages (older ones are summarized), never the
     whole history, and never re-tokenizes stored messages.
     """
-    rows = list(
-        Message.objects.filter(
-            conversation=conversation,
-            superseded=False,
-            position__gt=conversation.summary_through,
+    if only is not None:
+        rows = [(only.role, only.content, only.token_count)]
+    else:
+        rows = list(
+            Message.objects.filter(
+                conversation=conversation,
+                superseded=False,
+                position__gt=conversation.summary_through,
+            )
+            .exclude(status__in=(Status.STREAMING, Status.PENDING))
+            .order_by("-position")
+            .values_list("role", "content", "token_count")[:MAX_CONTEXT_MESSAGES]
         )
-        .exclude(status__in=(Status.STREAMING, Status.PENDING))
-        .order_by("-position")
-        .values_list("role", "content", "token_count")[:MAX_CONTEXT_MESSAGES]
-    )
-    rows.reverse()
+        rows.reverse()
     history = [LLMMessage(role=role, content=content) for role, content, _ in rows if content]
     counts = [count for _, content, count in rows if content]
     system_text = _system_text(conversation)
@@ -219,6 +224,7 @@ def _turn_begin_locked(
             system_prompt=persona.system_prompt if persona else "",
             created_at=now,
             updated_at=now,
+            message_count=2,  # the user message and the answer, saved below in this transaction
         )
         conversation_created = True
     else:
@@ -243,7 +249,7 @@ def _turn_begin_locked(
     tier = membership.organization.tier
     fit_output = min(tier.max_output_tokens, model_info.max_output_tokens)
 
-    position = conversation.message_count
+    position = 0 if conversation_created else conversation.message_count
     user_message = None
     parent = None
     if edit_of is not None:
@@ -280,11 +286,18 @@ def _turn_begin_locked(
             updated_at=now,
         )
 
-    messages, prompt_tokens = _prompt(conversation, model_info=model_info, max_output_tokens=fit_output)
+    # A new conversation holds only the message just saved: no need to read it back.
+    messages, prompt_tokens = _prompt(
+        conversation,
+        model_info=model_info,
+        max_output_tokens=fit_output,
+        only=user_message if conversation_created else None,
+    )
     position += 1
     conversation.message_count = position
     conversation.updated_at = now
-    conversation.save(update_fields=["message_count", "updated_at", "model"])
+    if not conversation_created:  # a new one was created with its final count
+        conversation.save(update_fields=["message_count", "updated_at", "model"])
     assistant_id = uuid.uuid4()
     # Last: billing locks the organization's budget counters until this transaction commits.
     authorization = turn_authorize(
