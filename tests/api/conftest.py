@@ -99,3 +99,17 @@ def key_a(org_a, api_key_factory) -> str:
 @pytest.fixture
 def key_b(org_b, api_key_factory) -> str:
     return api_key_factory(org_b.member)[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_server_connections(django_db_setup, django_db_blocker):
+    """After the API tests, close the pooled connections the live servers' threads opened, so the
+    test database can be dropped (they are shared by every thread of the process)."""
+    yield
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for connection in connections.all():
+            close_pool = getattr(connection, "close_pool", None)
+            if close_pool is not None and connection.settings_dict.get("OPTIONS", {}).get("pool"):
+                close_pool()
