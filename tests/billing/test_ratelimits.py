@@ -153,3 +153,23 @@ def test_redis_down_falls_back_to_memory(caplog):
     assert "Redis unreachable" in caplog.text
     assert not limiter.admit(scope, 1).allowed  # …which still limits
     assert not limiter.using_redis  # and Redis is not retried for a few seconds
+
+
+@pytest.mark.django_db
+def test_turns_go_on_and_budgets_hold_while_redis_is_down(org_a, settings, caplog):
+    from decimal import Decimal
+
+    from billing.errors import BudgetExceeded
+    from billing.services import organization_budget_set
+
+    set_limits(rpm=2, tpm=10**9)
+    settings.BILLING_RATELIMIT_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    organization_budget_set(organization=org_a.organization, monthly_limit_usd=Decimal("0.003"))
+    auth = authorize(org_a.member)
+    assert "Redis unreachable" in caplog.text
+    settle(auth, org_a.member)
+    with pytest.raises(BudgetExceeded):
+        authorize(org_a.admin)  # the budget is enforced by the database
+    organization_budget_set(organization=org_a.organization, monthly_limit_usd=Decimal("1"))
+    with pytest.raises(RateLimitExceeded):
+        authorize(org_a.owner)  # and this process still limits: 2 requests were admitted this minute
