@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from llm import conf
+from llm import conf, registry
 from llm import errors as e
 from llm.calllog import Attempt, call_log_write, prompt_sha256
 from llm.providers import provider_get
@@ -48,6 +48,9 @@ from llm.types import (
 
 logger = logging.getLogger(__name__)
 
+_NEVER = float("inf")
+current_task = asyncio.current_task
+
 # errors after which another provider may well succeed, though retrying this one cannot
 _FALL_BACK_AT_ONCE = (e.QuotaExceeded, e.AuthFailed, e.ModelUnavailable)
 
@@ -63,20 +66,15 @@ def backoff_delay(attempt: int, retry_after: float | None = None) -> float | Non
     return delay
 
 
-def _resolve_chain(alias: str) -> list[ModelInfo]:
-    """The model and its available fallbacks, in order (sync: reads the registry rows)."""
-    from llm.registry import model_find, model_get
-
-    primary = model_get(alias)
-    chain = [primary]
-    for fallback in primary.fallbacks:
-        info = model_find(fallback)
-        if info is not None and info.available and all(info.alias != m.alias for m in chain):
-            chain.append(info)
-    return chain
+_rows_load = database_sync_to_async(registry.rows_load)
 
 
-_resolve_chain_async = database_sync_to_async(_resolve_chain)
+async def _resolve_chain(alias: str) -> list[ModelInfo]:
+    """The model and its available fallbacks, in order (the registry rows, kept briefly in memory)."""
+    rows = registry.rows_cached()
+    if rows is None:
+        rows = await _rows_load()
+    return registry.chain_from_rows(alias, rows)
 
 
 @dataclass
@@ -106,6 +104,7 @@ class ChatStream:
         self._closed = False
         # the watchdog of the first-token and idle timeouts (see _arm)
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = _NEVER  # when the timer fires
         self._deadline = 0.0
         self._waiting = False
         self._expired = False
@@ -130,16 +129,16 @@ class ChatStream:
 
     def _arm(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
         self._deadline = deadline = loop.time() + seconds
-        self._task = asyncio.current_task()  # whoever iterates now is who a timeout interrupts
-        timer = self._timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
+        self._task = current_task()  # whoever iterates now is who a timeout interrupts
+        if self._timer_at > deadline:  # the timer would fire too late (or there is none): re-arm
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer = loop.call_at(deadline, self._on_timer, loop)
+            self._timer_at = deadline
         self._waiting = True
 
     def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
+        self._timer, self._timer_at = None, _NEVER
         if not self._waiting:
             return  # suspended at a yield: the next wait re-arms
         if loop.time() >= self._deadline:
@@ -148,12 +147,13 @@ class ChatStream:
                 self._task.cancel()
         else:
             self._timer = loop.call_at(self._deadline, self._on_timer, loop)
+            self._timer_at = self._deadline
 
     def _disarm(self) -> None:
         self._waiting = False
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+            self._timer, self._timer_at = None, _NEVER
 
     def _timed_out(self) -> bool:
         """After a CancelledError: was it our timeout (and no one else's cancel)?"""
@@ -168,7 +168,7 @@ class ChatStream:
     async def _run(self) -> AsyncIterator[StreamEvent]:
         try:
             request = self.request
-            chain = await _resolve_chain_async(request.model)
+            chain = await _resolve_chain(request.model)
             tools = list(request.tools)
             if self.toolset is not None:
                 names = {t.name for t in tools}

@@ -11,6 +11,7 @@ Read at call time (not import time), so tests can change them with pytest-django
     PARLEY_LLM_RETRY_MAX_DELAY       backoff ceiling, and the longest Retry-After honoured (default 20)
     PARLEY_LLM_CALL_LOG              write llm.models.ProviderCall rows (default on)
     PARLEY_LLM_CACHE_MIN_CHARS       Anthropic: cache the system prompt from this length (default 4000)
+    PARLEY_LLM_REGISTRY_CACHE_SECONDS  how long a turn may reuse the registry rows in memory (default 5)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _DEFAULTS: dict[str, float] = {
     "PARLEY_LLM_RETRY_BASE_DELAY": 0.5,
     "PARLEY_LLM_RETRY_MAX_DELAY": 20.0,
     "PARLEY_LLM_CACHE_MIN_CHARS": 4000,
+    "PARLEY_LLM_REGISTRY_CACHE_SECONDS": 5.0,
 }
 
 
@@ -72,6 +74,10 @@ def retry_max_delay() -> float:
 
 def cache_min_chars() -> int:
     return int(number("PARLEY_LLM_CACHE_MIN_CHARS"))
+
+
+def registry_cache_seconds() -> float:
+    return number("PARLEY_LLM_REGISTRY_CACHE_SECONDS")
 
 
 def call_log_enabled() -> bool:

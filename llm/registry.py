@@ -8,6 +8,8 @@ available, even without its row.
 
 from __future__ import annotations
 
+import time
+
 from llm import conf
 from llm.defaults import default_rows
 from llm.errors import ModelUnavailable
@@ -87,3 +89,54 @@ def model_get(alias: str) -> ModelInfo:
     if not info.available:
         raise ModelUnavailable(f"The model “{alias}” is not configured on this server.", provider=info.provider)
     return info
+
+
+# --- the chain of one turn, for llm.chat (async callers) ----------------------------------------
+# A turn needs its model and fallbacks before the first byte. The rows are kept in memory for
+# PARLEY_LLM_REGISTRY_CACHE_SECONDS (default 5) so a turn costs no database round trip; a save or
+# delete in this process (the admin) drops the copy at once, other processes see it within the TTL.
+# Availability is always computed fresh (it depends on the keys in the settings, not on the rows).
+
+_snapshot: tuple[float, dict[str, ModelConfig]] | None = None
+
+
+def rows_cached() -> dict[str, ModelConfig] | None:
+    snapshot = _snapshot
+    if snapshot is None or time.monotonic() - snapshot[0] > conf.registry_cache_seconds():
+        return None
+    return snapshot[1]
+
+
+def rows_load() -> dict[str, ModelConfig]:
+    """Read the rows (sync) and keep them for rows_cached()."""
+    global _snapshot
+    rows = {row.alias: row for row in _rows()}
+    _snapshot = (time.monotonic(), rows)
+    return rows
+
+
+def rows_invalidate(**kwargs) -> None:
+    global _snapshot
+    _snapshot = None
+
+
+def chain_from_rows(alias: str, rows: dict[str, ModelConfig]) -> list[ModelInfo]:
+    """The model and its available fallbacks, in order. Raises ModelUnavailable like model_get."""
+
+    def find(name: str) -> ModelInfo | None:
+        row = rows.get(name)
+        if row is not None:
+            return _info(row) if row.enabled else None
+        return DEMO if name == DEMO.alias else None
+
+    primary = find(alias)
+    if primary is None:
+        raise ModelUnavailable(f"Unknown model “{alias}”.")
+    if not primary.available:
+        raise ModelUnavailable(f"The model “{alias}” is not configured on this server.", provider=primary.provider)
+    chain = [primary]
+    for name in primary.fallbacks:
+        info = find(name)
+        if info is not None and info.available and all(info.alias != m.alias for m in chain):
+            chain.append(info)
+    return chain

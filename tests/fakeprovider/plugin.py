@@ -44,3 +44,17 @@ def fake_provider(fake_provider_server: FakeProviderServer, settings) -> Iterato
     settings.PARLEY_LLM_IDLE_TIMEOUT = 5.0
     yield server
     server.release_stalls()
+
+
+@pytest.fixture(autouse=True)
+def _llm_registry_rows_fresh() -> Iterator[None]:
+    """Every test starts with the model registry read from its own database.
+
+    llm.registry keeps the rows in memory for a few seconds; a transactional test's flush sends no
+    signal, so without this a model row one test created could outlive its database.
+    """
+    from llm.registry import rows_invalidate
+
+    rows_invalidate()
+    yield
+    rows_invalidate()

@@ -31,9 +31,11 @@ def no_fallbacks(monkeypatch):
 
     (Editing the rows would need a transactional test: the chain is read in another thread.)
     """
-    from channels.db import database_sync_to_async
-
     from llm import chat
 
-    monkeypatch.setattr(chat, "_resolve_chain_async",
-                        database_sync_to_async(lambda alias: chat._resolve_chain(alias)[:1]))
+    real = chat._resolve_chain
+
+    async def only_the_model(alias):
+        return (await real(alias))[:1]
+
+    monkeypatch.setattr(chat, "_resolve_chain", only_the_model)

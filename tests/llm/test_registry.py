@@ -138,3 +138,22 @@ def test_admin_lists_models_and_the_read_only_call_log(staff_client):
     assert staff_client.get(reverse("admin:llm_providercall_change", args=[call.pk])).status_code == 200
     assert staff_client.get(reverse("admin:llm_providercall_add")).status_code == 403
     assert staff_client.post(reverse("admin:llm_providercall_delete", args=[call.pk]), {"post": "yes"}).status_code == 403
+
+
+def test_turns_reuse_the_rows_briefly_and_an_edit_drops_them(settings):
+    from llm.registry import chain_from_rows, rows_cached, rows_load
+
+    settings.PARLEY_LLM_REGISTRY_CACHE_SECONDS = 60
+    settings.OPENAI_API_KEY = settings.ANTHROPIC_API_KEY = "sk-test"
+    settings.GEMINI_API_KEY = ""
+    rows = rows_load()
+    assert rows_cached() is rows
+    # availability is computed at use: gemini-3-flash (no key) is skipped, not cached as available
+    assert [m.alias for m in chain_from_rows("gpt-5.2-instant", rows)] == ["gpt-5.2-instant", "claude-haiku-4-5"]
+    row = ModelConfig.objects.get(alias="claude-haiku-4-5")
+    row.enabled = False
+    row.save()  # the admin's save
+    assert rows_cached() is None
+    assert [m.alias for m in chain_from_rows("gpt-5.2-instant", rows_load())] == ["gpt-5.2-instant"]
+    settings.PARLEY_LLM_REGISTRY_CACHE_SECONDS = -1
+    assert rows_cached() is None
