@@ -45,16 +45,18 @@ tier, _ = Tier.objects.update_or_create(slug="bench-unlimited", defaults=dict(
     name="Bench (unlimited)", monthly_budget_usd=Decimal("1000000"), requests_per_minute=10_000_000,
     tokens_per_minute=1_000_000_000, allowed_models=["demo", "MODEL_ALIAS"], max_message_chars=100_000,
     max_output_tokens=4096, features=["api"]))
-user = User.objects.filter(email="bench@example.com").first() or User.objects.create_user(email="bench@example.com", password=None)
-membership = Membership.objects.filter(user=user).select_related("organization").first()
-if membership is None:
-    organization_create(name="Bench", owner=user, tier=tier)
-    membership = Membership.objects.select_related("organization").get(user=user)
-Organization.objects.filter(pk=membership.organization_id).update(tier=tier)
-membership = Membership.objects.select_related("organization__tier", "user").get(pk=membership.pk)
-key, secret = api_key_create(membership=membership, name="bench")
-print("SECRET=" + secret)
-""".replace("MODEL_ALIAS", MODEL)
+for n in range(1, ORGANIZATIONS + 1):
+    email = "bench@example.com" if n == 1 else f"bench{n}@example.com"
+    user = User.objects.filter(email=email).first() or User.objects.create_user(email=email, password=None)
+    membership = Membership.objects.filter(user=user).select_related("organization").first()
+    if membership is None:
+        organization_create(name=f"Bench {n}", owner=user, tier=tier)
+        membership = Membership.objects.select_related("organization").get(user=user)
+    Organization.objects.filter(pk=membership.organization_id).update(tier=tier)
+    membership = Membership.objects.select_related("organization__tier", "user").get(pk=membership.pk)
+    key, secret = api_key_create(membership=membership, name="bench")
+    print("SECRET=" + secret)
+"""
 
 
 def free_port() -> int:
@@ -134,19 +136,19 @@ async def one_request(client: httpx.AsyncClient, url: str, key: str) -> tuple[fl
     return (first if first is not None else total), total
 
 
-async def run_target(url: str, key: str, clients: int, requests: int) -> dict:
+async def run_target(url: str, keys: list[str], clients: int, requests: int) -> dict:
     limits = httpx.Limits(max_connections=clients + 5, max_keepalive_connections=clients + 5)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         for _ in range(3):  # warm up (imports, connection pools, caches)
-            await asyncio.gather(*(one_request(client, url, key) for _ in range(min(clients, 20))))
+            await asyncio.gather(*(one_request(client, url, keys[i % len(keys)]) for i in range(min(clients, 20))))
         results: list[tuple[float, float]] = []
 
-        async def worker() -> None:
+        async def worker(key: str) -> None:
             for _ in range(requests):
                 results.append(await one_request(client, url, key))
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
+        await asyncio.gather(*(worker(keys[i % len(keys)]) for i in range(clients)))
         elapsed = time.perf_counter() - started
     ttft = sorted(r[0] for r in results)
     total = sorted(r[1] for r in results)
@@ -167,6 +169,9 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--chunk-delay", type=float, default=0.005)
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument(
+        "--organizations", type=int, default=1, help="spread Parley's clients over this many organizations (one key each)"
+    )
     parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
     args = parser.parse_args()
 
@@ -200,8 +205,9 @@ def main() -> int:
             parley_env["DJANGO_SETTINGS_MODULE"] = os.environ["BENCH_SETTINGS"]
         ensure_database(database_url)
         subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=parley_env, check=True)
-        out = subprocess.run([PY, "manage.py", "shell", "-c", SETUP], cwd=ROOT, env=parley_env, check=True, capture_output=True, text=True)
-        secret = next(line[7:] for line in out.stdout.splitlines() if line.startswith("SECRET="))
+        setup = SETUP.replace("MODEL_ALIAS", MODEL).replace("ORGANIZATIONS", str(args.organizations))
+        out = subprocess.run([PY, "manage.py", "shell", "-c", setup], cwd=ROOT, env=parley_env, check=True, capture_output=True, text=True)
+        secrets = [line[7:] for line in out.stdout.splitlines() if line.startswith("SECRET=")]
         if args.server == "daphne":
             server = [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(parley_port), "config.asgi:application"]
         else:
@@ -209,7 +215,7 @@ def main() -> int:
         procs.start("parley", server, parley_env)
         wait_http(f"http://127.0.0.1:{parley_port}/healthz")
 
-        targets = [("direct", upstream + "/chat/completions", UPSTREAM_KEY), ("parley", f"http://127.0.0.1:{parley_port}/v1/chat/completions", secret)]
+        targets = [("direct", upstream + "/chat/completions", [UPSTREAM_KEY]), ("parley", f"http://127.0.0.1:{parley_port}/v1/chat/completions", secrets)]
         if not args.no_litellm:
             if not LITELLM.exists():
                 print("LiteLLM is not installed: run `bash bench/setup_litellm.sh` (or pass --no-litellm)", file=sys.stderr)
@@ -242,9 +248,9 @@ def main() -> int:
                 litellm_env,
             )
             wait_http(f"http://127.0.0.1:{litellm_port}/health/liveliness", timeout=240)
-            targets.append(("litellm", f"http://127.0.0.1:{litellm_port}/v1/chat/completions", master_key))
+            targets.append(("litellm", f"http://127.0.0.1:{litellm_port}/v1/chat/completions", [master_key]))
 
-        print(f"{args.clients} concurrent clients x {args.requests} streaming requests each; upstream: {args.chunks} chunks, {args.chunk_delay * 1000:.1f} ms apart")
+        print(f"{args.clients} concurrent clients ({args.organizations} Parley organization(s)) x {args.requests} streaming requests each; upstream: {args.chunks} chunks, {args.chunk_delay * 1000:.1f} ms apart")
         results = {}
         for name, url, key in targets:
             results[name] = asyncio.run(run_target(url, key, args.clients, args.requests))
