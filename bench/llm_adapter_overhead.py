@@ -65,7 +65,9 @@ def setup_django(url: str) -> None:
 async def bare_openai(url: str, state: dict) -> int:
     import openai
 
-    client = state.setdefault("openai", openai.AsyncOpenAI(api_key="sk-bench", base_url=f"{url}/v1", max_retries=0))
+    if "openai" not in state:  # one client, like the adapter's per-loop client
+        state["openai"] = openai.AsyncOpenAI(api_key="sk-bench", base_url=f"{url}/v1", max_retries=0)
+    client = state["openai"]
     stream = await client.chat.completions.create(
         model="gpt-5.2-chat-latest", messages=[{"role": "user", "content": "Hi"}], stream=True,
         stream_options={"include_usage": True},
@@ -80,7 +82,9 @@ async def bare_openai(url: str, state: dict) -> int:
 async def bare_anthropic(url: str, state: dict) -> int:
     import anthropic
 
-    client = state.setdefault("anthropic", anthropic.AsyncAnthropic(api_key="sk-bench", base_url=url, max_retries=0))
+    if "anthropic" not in state:
+        state["anthropic"] = anthropic.AsyncAnthropic(api_key="sk-bench", base_url=url, max_retries=0)
+    client = state["anthropic"]
     stream = await client.messages.create(
         model="claude-haiku-4-5", max_tokens=100_000, messages=[{"role": "user", "content": "Hi"}], stream=True
     )
@@ -95,9 +99,10 @@ async def bare_gemini(url: str, state: dict) -> int:
     from google import genai
     from google.genai import types
 
-    client = state.setdefault("gemini", genai.Client(
-        api_key="bench", http_options=types.HttpOptions(base_url=url, retry_options=types.HttpRetryOptions(attempts=1))
-    ))
+    if "gemini" not in state:
+        state["gemini"] = genai.Client(api_key="bench", http_options=types.HttpOptions(
+            base_url=url, retry_options=types.HttpRetryOptions(attempts=1)))
+    client = state["gemini"]
     stream = await client.aio.models.generate_content_stream(model="gemini-3-flash-preview", contents="Hi")
     n = 0
     async for response in stream:
@@ -173,7 +178,10 @@ async def bench(vendor: str, url: str, deltas: int, rounds: int) -> dict[str, fl
     await clients_close()
     for client in state.values():
         await (client.aio.aclose() if hasattr(client, "aio") else client.close())
-    return {name: statistics.median(values) for name, values in per_delta.items()}
+    # On a shared machine noise only ever adds CPU time, and drifts: report the best run of each, and
+    # the median of the per-round ratios (each round's runs are neighbours in time).
+    ratios = [p / b for p, b in zip(per_delta["parley"], per_delta["bare"], strict=True)]
+    return {name: min(values) for name, values in per_delta.items()} | {"paired": statistics.median(ratios) - 1}
 
 
 def main() -> None:
@@ -189,16 +197,18 @@ def main() -> None:
         port = int(server.stdout.readline())
         url = f"http://127.0.0.1:{port}"
         setup_django(url)
-        print(f"{args.deltas} deltas per stream, median of {args.rounds} interleaved runs, CPU µs per delta")
-        print(f"{'vendor':<10} {'bare SDK':>9} {'adapter':>9} {'parley':>9} {'vs bare':>9} {'vs adapter':>11}")
+        print(f"{args.deltas} deltas per stream, {args.rounds} interleaved rounds; CPU µs per delta (best run), "
+              f"overhead of parley over bare (best runs, and median of the per-round ratios)")
+        print(f"{'vendor':<10} {'bare SDK':>9} {'adapter':>9} {'parley':>9} {'vs bare':>9} {'paired ratio':>13} "
+              f"{'vs adapter':>11}")
         worst = float("-inf")
         for vendor in args.vendors.split(","):
             result = asyncio.run(bench(vendor, url, args.deltas, args.rounds))
             overhead = result["parley"] / result["bare"] - 1
-            worst = max(worst, overhead)
+            worst = max(worst, overhead, result["paired"])
             print(f"{vendor:<10} {result['bare']:>9.1f} {result['adapter']:>9.1f} {result['parley']:>9.1f} "
-                  f"{overhead:>+9.1%} {result['parley'] / result['adapter'] - 1:>+11.1%}")
-        print(f"worst overhead of stream_chat over the bare SDK: {worst:+.1%} (target ≤ +10%) — "
+                  f"{overhead:>+9.1%} {result['paired']:>+13.1%} {result['parley'] / result['adapter'] - 1:>+11.1%}")
+        print(f"worst overhead of stream_chat over the bare SDK (either measure): {worst:+.1%} (target ≤ +10%) — "
               f"{'OK' if worst <= 0.10 else 'OVER TARGET'}")
     finally:
         server.stdin.close()

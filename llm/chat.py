@@ -127,15 +127,14 @@ class ChatStream:
     # One lazily re-armed timer instead of a timeout context per event: moving the deadline is a
     # float assignment, and the timer only cancels the task while it awaits the provider.
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
-        self._deadline = deadline = loop.time() + seconds
-        self._task = current_task()  # whoever iterates now is who a timeout interrupts
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Make sure the timer fires by the current deadline (called when the deadline moves earlier)."""
+        deadline = self._deadline
         if self._timer_at > deadline:  # the timer would fire too late (or there is none): re-arm
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = loop.call_at(deadline, self._on_timer, loop)
             self._timer_at = deadline
-        self._waiting = True
 
     def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer, self._timer_at = None, _NEVER
@@ -175,6 +174,7 @@ class ChatStream:
                 tools += [spec for spec in self.toolset.specs() if spec.name not in names]
             messages = list(request.messages)
             loop = asyncio.get_running_loop()
+            loop_time = loop.time
             first_timeout, idle = conf.first_token_timeout(), conf.idle_timeout()
             attempts = conf.max_attempts()
             for round_no in range(1, self.max_tool_rounds + 2):
@@ -206,9 +206,14 @@ class ChatStream:
                         tool_calls.clear()
                         next_event = attempt.events.__anext__
                         wait = first_timeout
+                        self._task = current_task()  # whoever iterates is who a timeout interrupts
+                        self._deadline = loop_time() + wait
+                        self._arm(loop)
                         try:
                             while True:
-                                self._arm(loop, wait)
+                                # per event only a float and a flag: the timer re-arms itself lazily
+                                self._deadline = loop_time() + wait
+                                self._waiting = True
                                 try:
                                     event = await next_event()
                                 except StopAsyncIteration:
@@ -221,7 +226,11 @@ class ChatStream:
                                     raise
                                 finally:
                                     self._waiting = False
-                                wait = idle
+                                if wait is not idle:  # after the first event the idle timeout applies
+                                    wait = idle
+                                    if idle < first_timeout:
+                                        self._deadline = loop_time() + idle
+                                        self._arm(loop)
                                 kind = type(event)
                                 if kind is TextDelta:
                                     if not text:
