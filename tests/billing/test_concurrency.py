@@ -27,25 +27,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def seeded(transactional_db):
-    """Tiers and prices as the migrations seed them: a transactional test before this one may have flushed them."""
-    import importlib
-
-    from django.apps import apps
-
-    from billing.models import Price
-    from billing.pricedata import load_prices
-
-    importlib.import_module("accounts.migrations.0002_seed_tiers").seed(apps, None)
-    load_prices(Price)
-
-
 def _open_reservations() -> int:
     return Reservation.objects.filter(status=ReservationStatus.OPEN).count()
 
 
-@pytest.mark.django_db(transaction=True)
+# serialized_rollback: the flush after each transactional test would drop the rows migrations seed
+# (tiers, prices), and like the other apps' transactional tests, these restore them.
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_50_concurrent_turns_against_a_budget_that_fits_10(org_a):
     ensure_test_model()
     organization_budget_set(organization=org_a.organization, monthly_limit_usd=TURN_COST * 10)
@@ -84,7 +72,9 @@ def test_50_concurrent_turns_against_a_budget_that_fits_10(org_a):
     assert _open_reservations() == 0
 
 
-@pytest.mark.django_db(transaction=True)
+# serialized_rollback: the flush after each transactional test would drop the rows migrations seed
+# (tiers, prices), and like the other apps' transactional tests, these restore them.
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_200_turns_from_several_processes_with_organization_and_member_budgets(org_a, member_factory):
     ensure_test_model()
     members = [fresh(org_a.member), fresh(org_a.admin), fresh(org_a.owner), fresh(member_factory(org_a.organization))]
