@@ -105,6 +105,7 @@ class ChatStream:
         # the watchdog of the first-token and idle timeouts (see _arm)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = _NEVER  # when the timer fires
+        self._period = 1.0  # the timeout in force (first token, then idle)
         self._deadline = 0.0
         self._waiting = False
         self._expired = False
@@ -139,7 +140,10 @@ class ChatStream:
     def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer, self._timer_at = None, _NEVER
         if not self._waiting:
-            return  # suspended at a yield: the next wait re-arms
+            # suspended at a yield (the caller is busy): no timeout runs; look again one period later
+            self._timer_at = loop.time() + self._period
+            self._timer = loop.call_at(self._timer_at, self._on_timer, loop)
+            return
         if loop.time() >= self._deadline:
             if self._task is not None:
                 self._expired = True
@@ -205,7 +209,7 @@ class ChatStream:
                         text.clear()
                         tool_calls.clear()
                         next_event = attempt.events.__anext__
-                        wait = first_timeout
+                        wait = self._period = first_timeout
                         self._task = current_task()  # whoever iterates is who a timeout interrupts
                         self._deadline = loop_time() + wait
                         self._arm(loop)
@@ -227,7 +231,7 @@ class ChatStream:
                                 finally:
                                     self._waiting = False
                                 if wait is not idle:  # after the first event the idle timeout applies
-                                    wait = idle
+                                    wait = self._period = idle
                                     if idle < first_timeout:
                                         self._deadline = loop_time() + idle
                                         self._arm(loop)

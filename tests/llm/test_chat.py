@@ -278,3 +278,28 @@ async def test_an_adapter_bug_ends_as_a_typed_error(make_request, monkeypatch):
     [row] = await rows_async(request.request_id)
     assert row.status == "error" and row.error_class == "KeyError"
     assert stream.usages[0].estimated
+
+
+async def test_a_slow_caller_is_not_a_stalled_provider(fake_provider, make_request, settings):
+    settings.PARLEY_LLM_IDLE_TIMEOUT = 0.2
+    fake_provider.openai.script([reply("one ", "two ", "three")])
+    stream = stream_chat(make_request("gpt-5.2-instant", "Hi"))
+    seen = []
+    async for event in stream:
+        seen.append(event)
+        await asyncio.sleep(0.35)  # longer than the idle timeout, between every event
+    assert text_of(seen) == "one two three" and seen[-1] == Finished("stop")
+
+
+async def test_a_stall_after_a_slow_caller_still_times_out(fake_provider, make_request, settings, no_fallbacks):
+    settings.PARLEY_LLM_IDLE_TIMEOUT = 0.2
+    fake_provider.openai.script([stalled("one ", "two ")])
+    stream = stream_chat(make_request("gpt-5.2-instant", "Hi"))
+    seen = []
+    with pytest.raises(errors.Timeout):
+        async with asyncio.timeout(3):
+            async for event in stream:
+                seen.append(event)
+                if len(seen) == 1:
+                    await asyncio.sleep(0.5)  # the watchdog fires while the caller is busy
+    assert text_of(seen) == "one two "
