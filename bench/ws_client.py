@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 
 class Answer:
     __slots__ = ("sent_at", "first_at", "frames", "bytes", "deltas", "gaps", "lost", "reordered", "content_ok",
-                 "output_tokens", "status", "last_at", "text", "expected")
+                 "output_tokens", "status", "last_at", "text", "expected", "gap_times")
 
     def __init__(self) -> None:
         self.sent_at = 0.0
@@ -35,6 +35,7 @@ class Answer:
         self.bytes = 0
         self.deltas = 0
         self.gaps: list[float] = []
+        self.gap_times: list[float] = []  # when each gap ended (to tell the ramp from the steady state)
         self.lost = 0
         self.reordered = 0
         self.content_ok = False
@@ -55,7 +56,9 @@ class Answer:
             "output_tokens": self.output_tokens,
             "status": self.status,
             "duration": self.last_at - self.sent_at,
+            "end_at": self.last_at,
             "gaps": self.gaps if keep_gaps else [],
+            "gap_times": self.gap_times if keep_gaps else [],
         }
 
 
@@ -82,6 +85,7 @@ async def one_answer(ws, *, prompt: str, conversation: str | None, started: asyn
                     started.set()
             else:
                 answer.gaps.append(now - answer.last_at)
+                answer.gap_times.append(now)
             seq = frame["seq"]
             if seq > answer.expected:
                 answer.lost += seq - answer.expected
@@ -128,6 +132,11 @@ async def turns(args) -> dict:
 
 
 async def load(args) -> dict:
+    """N sockets, each asking again as soon as its answer is finished (a closed loop).
+
+    Starts are spread over `ramp` seconds (about one answer's length), so turns arrive at a steady
+    rate of N per answer length; the `measure` seconds after the ramp are the steady state.
+    """
     sockets = []
     for i in range(args.streams):
         sockets.append(await _connect(args.url, args.secret[i % len(args.secret)]).__aenter__())
@@ -135,29 +144,38 @@ async def load(args) -> dict:
             await asyncio.sleep(0)
     print("READY", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    events = [asyncio.Event() for _ in sockets]
+    go = time.perf_counter()
+    window = (go + args.ramp, go + args.ramp + args.measure)
 
-    async def run(i: int, ws) -> Answer:
+    async def run(i: int, ws) -> list[Answer]:
         await asyncio.sleep(args.ramp * i / max(1, len(sockets)))
-        try:
-            return await one_answer(ws, prompt=args.prompt, conversation=None, started=events[i])
-        finally:
-            events[i].set()
+        answers = []
+        while time.perf_counter() < window[1]:
+            answers.append(await one_answer(ws, prompt=args.prompt, conversation=None))
+        return answers
 
     tasks = [asyncio.create_task(run(i, ws)) for i, ws in enumerate(sockets)]
-    await asyncio.gather(*(e.wait() for e in events))
-    print("ALLSTARTED", flush=True)
-    answers = await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(max(0.0, window[0] - time.perf_counter()))
+    print("STEADY", flush=True)
+    await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
+    print("MEASURED", flush=True)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
     for ws in sockets:
         await ws.close()
-    out = []
-    for answer in answers:
-        if isinstance(answer, BaseException):
-            out.append({"status": f"exception:{type(answer).__name__}", "lost": 0, "reordered": 0, "content_ok": False,
-                        "gaps": [], "frames": 0, "bytes": 0, "deltas": 0, "output_tokens": 0, "ttft": None})
-        else:
-            out.append(answer.summary(keep_gaps=True))
-    return {"answers": out}
+    out, failures = [], []
+    for result in results:
+        if isinstance(result, BaseException):
+            failures.append(f"{type(result).__name__}: {result}")
+            continue
+        for answer in result:
+            summary = answer.summary(keep_gaps=True)
+            # Only what happened in the steady window counts for the gaps and the token rate.
+            pairs = [(g, t) for g, t in zip(answer.gaps, answer.gap_times, strict=True) if window[0] <= t <= window[1]]
+            summary["gaps"] = [g for g, _ in pairs]
+            summary["window_deltas"] = len(pairs)
+            del summary["gap_times"]
+            out.append(summary)
+    return {"answers": out, "failures": failures, "window": args.measure}
 
 
 def main() -> None:
@@ -173,7 +191,8 @@ def main() -> None:
             p.add_argument("--count", type=int, default=20)
         else:
             p.add_argument("--streams", type=int, default=100)
-            p.add_argument("--ramp", type=float, default=3.0)
+            p.add_argument("--ramp", type=float, default=15.0)
+            p.add_argument("--measure", type=float, default=15.0)
     args = parser.parse_args()
     result = asyncio.run(turns(args) if args.mode == "turns" else load(args))
     print("RESULT " + json.dumps(result), flush=True)
