@@ -8,6 +8,8 @@ sized below the database connection pool.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,6 +30,14 @@ def _threads() -> int:
 
 
 EXECUTOR = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="conversations-db")
+
+# These threads run ORM code (CPU) while the event loop streams. Each time the loop makes a system
+# call (one socket send per frame) it releases the GIL, and a busy thread may then keep it for a
+# whole switch interval (5 ms by default) before the loop gets it back: at thousands of frames a
+# second that stalls every stream. A short interval bounds the stall.
+_SWITCH_INTERVAL = float(os.environ.get("PARLEY_GIL_SWITCH_INTERVAL", "0.0005"))
+if _SWITCH_INTERVAL > 0 and sys.getswitchinterval() > _SWITCH_INTERVAL:
+    sys.setswitchinterval(_SWITCH_INTERVAL)
 
 
 def db_async(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -27,7 +27,7 @@ from django.utils import timezone
 from billing.services import turn_settle
 from conversations import hub as hub_module
 from conversations.db import db_async
-from conversations.models import Conversation, Message, Status
+from conversations.models import Message, Status
 from llm import chat as llm_chat
 from llm.errors import LLMError
 from llm.tokens import count_text
@@ -74,6 +74,8 @@ class Generation:
     # frames announcing the turn (conversation.created, message.created, generation.started)
     opening_frames: list[dict] = field(default_factory=list)
     hub: hub_module.Hub = field(default_factory=hub_module.default)
+    message: Message | None = None  # the assistant row saved at the start of the turn
+    followups: tuple[str, ...] = ()  # Celery tasks the conversation needs afterwards ("title", "summary")
 
     def __post_init__(self) -> None:
         self.chunks: list[str] = []
@@ -241,8 +243,9 @@ class Generation:
             with contextlib.suppress(Exception):
                 await self.hub.generation_unregister(self)
             self.done.set()
-        with contextlib.suppress(Exception):
-            await db_async(_dispatch_followups)(self.conversation_id)
+        if self.followups:
+            with contextlib.suppress(Exception):
+                await db_async(_dispatch_followups)(self.conversation_id, self.followups)
 
 
 class PartialSaver:
@@ -333,30 +336,33 @@ def settle_and_save(
         # The answer still ends; the reservation expires and the call log keeps the usage.
         logger.exception("settling %s failed", generation.message_id)
     now = timezone.now()
-    with transaction.atomic():
-        message = Message.objects.select_for_update().get(id=generation.message_id)
-        message.content = content
-        message.last_seq = generation.seq
-        message.status = status
-        message.error_code = error_code
-        message.error_message = error_message
-        message.input_tokens = sum(u.input_tokens for u in usages)
-        message.output_tokens = sum(u.output_tokens for u in usages)
-        if cost is not None:
-            message.cost = Decimal(cost).quantize(COST_QUANTUM)
-        message.token_count = count_text(content, generation.model) if content else 0
-        message.tool_events = generation._tool_events
-        message.updated_at = now
-        message.finished_at = now
-        message.save()
-        Conversation.objects.filter(id=generation.conversation_id).update(updated_at=now)
+    fields = {
+        "content": content,
+        "last_seq": generation.seq,
+        "status": status,
+        "error_code": error_code,
+        "error_message": error_message,
+        "input_tokens": sum(u.input_tokens for u in usages),
+        "output_tokens": sum(u.output_tokens for u in usages),
+        "token_count": count_text(content, generation.model) if content else 0,
+        "tool_events": generation._tool_events,
+        "updated_at": now,
+        "finished_at": now,
+    }
+    if cost is not None:
+        fields["cost"] = Decimal(cost).quantize(COST_QUANTUM)
+    # One UPDATE of the changed columns; the row read at the start of the turn is brought up to date.
+    Message.objects.filter(id=generation.message_id).update(**fields)
+    message = getattr(generation, "message", None) or Message.objects.get(id=generation.message_id)
+    for name, value in fields.items():
+        setattr(message, name, value)
     return message
 
 
-def _dispatch_followups(conversation_id: UUID) -> None:
+def _dispatch_followups(conversation_id: UUID, needs: tuple[str, ...]) -> None:
     from conversations.services import conversation_followups_dispatch
 
-    conversation_followups_dispatch(conversation_id=conversation_id)
+    conversation_followups_dispatch(conversation_id=conversation_id, needs=needs)
 
 
 async def generation_wait(message_id: UUID, *, hub: hub_module.Hub | None = None) -> Message:

@@ -391,6 +391,8 @@ async def _begin_and_start(*, membership, api_key, subscriber, hub: hub_module.H
             authorization=authorization,
             toolset=_tools_for(membership, assistant.model),
             opening_frames=_opening_frames(started),
+            message=assistant,
+            followups=conversation_followups(started.conversation),
             hub=hub,
         )
         if subscriber is not None:
@@ -493,16 +495,29 @@ async def generation_stop(*, membership: Membership, message_id: UUID, hub: hub_
 # --- after a turn -----------------------------------------------------------------------------
 
 
-def conversation_followups_dispatch(*, conversation_id: UUID) -> None:
-    """After an answer: title a new conversation, summarize a long one (Celery, after commit)."""
+def conversation_followups(conversation: Conversation) -> tuple[str, ...]:
+    """What a conversation needs after an answer: a title when it has none, a summary when long."""
+    needs = []
+    if not conversation.title:
+        needs.append("title")
+    if conversation.message_count - conversation.summary_through > SUMMARY_AFTER_MESSAGES:
+        needs.append("summary")
+    return tuple(needs)
+
+
+def conversation_followups_dispatch(*, conversation_id: UUID, needs: tuple[str, ...] | None = None) -> None:
+    """After an answer: title a new conversation, summarize a long one (Celery, after commit).
+
+    `needs` as decided at the start of the turn (saves a query); without it, read from the database.
+    """
     from conversations import tasks
 
-    conversation = Conversation.objects.filter(id=conversation_id).only("title", "message_count", "summary_through").first()
-    if conversation is None:
-        return
-    if not conversation.title:
+    if needs is None:
+        conversation = Conversation.objects.filter(id=conversation_id).only("title", "message_count", "summary_through")
+        needs = conversation_followups(conversation[0]) if conversation else ()
+    if "title" in needs:
         transaction.on_commit(lambda: tasks.conversation_title.delay(str(conversation_id)))
-    if conversation.message_count - conversation.summary_through > SUMMARY_AFTER_MESSAGES:
+    if "summary" in needs:
         transaction.on_commit(lambda: tasks.conversation_summarize.delay(str(conversation_id)))
 
 

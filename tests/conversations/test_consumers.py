@@ -61,6 +61,9 @@ async def test_send_new_conversation_streams_deltas_that_join_to_the_content(org
     assert answer.token_count > 0 and answer.last_seq == len([f for f in frames if f["type"] == "delta"])
     assert str(answer.cost) == usage["cost"]
     await wait_idle()
+    # The first answer titles the conversation (the demo model's conversations: the first message).
+    titled = await database_sync_to_async(Conversation.objects.get)(id=conversation["id"])
+    assert titled.title == "Tell me something"
 
 
 async def test_second_turn_in_the_same_conversation(org_a, member_secret, ws_connect):
