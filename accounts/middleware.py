@@ -1,4 +1,5 @@
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
 
 from accounts.errors import NotFound
 from accounts.selectors import membership_default, membership_get
@@ -48,6 +49,9 @@ class CurrentOrganizationMiddleware:
         return self.get_response(request)
 
     async def __acall__(self, request):
-        request.membership = await sync_to_async(resolve_membership)(request)
+        if settings.SESSION_COOKIE_NAME in request.COOKIES:
+            request.membership = await sync_to_async(resolve_membership)(request)
+        else:  # no session, so anonymous: no thread hop (API-key and OpenAI-compatible requests)
+            request.membership = None
         request.api_key = None
         return await self.get_response(request)
