@@ -115,38 +115,35 @@ class OpenAIProvider:
     async def stream(self, request: ChatRequest, model: ModelInfo) -> AsyncIterator[StreamEvent]:
         client = self.client(model)
         kwargs = self.build(request, model)
-        stream = None
-        try:
-            with self.errors(model):
-                stream = await client.chat.completions.create(**kwargs)
-                usage = None
-                finish = "stop"
-                calls: dict[int, list[Any]] = {}  # index → [id, name, argument parts]
-                async for chunk in stream:
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                    if not chunk.choices:  # the last chunk with include_usage has no choices
+        usage: dict | None = None
+        finish = "stop"
+        calls: dict[int, list[Any]] = {}  # index → [id, name, argument parts]
+        with self.errors(model):
+            # The SDK sends the request (auth, headers, status errors); the chunks are read as plain
+            # JSON: building the SDK's typed object for every chunk cost more than the rest of the relay.
+            async with client.chat.completions.with_streaming_response.create(**kwargs) as response:
+                async for chunk in _chunks(response):
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    choices = chunk.get("choices")
+                    if not choices:  # the last chunk with include_usage has no choices
                         continue
-                    choice = chunk.choices[0]
-                    delta = choice.delta
-                    if delta is not None:
-                        if delta.content:
-                            yield TextDelta(delta.content)
-                        if delta.tool_calls:
-                            for part in delta.tool_calls:
-                                slot = calls.setdefault(part.index, ["", "", []])
-                                if part.id:
-                                    slot[0] = part.id
-                                if part.function is not None:
-                                    if part.function.name:
-                                        slot[1] += part.function.name
-                                    if part.function.arguments:
-                                        slot[2].append(part.function.arguments)
-                    if choice.finish_reason:
-                        finish = _FINISH.get(choice.finish_reason, "stop")
-        finally:
-            if stream is not None:
-                await stream.close()
+                    choice = choices[0]
+                    delta = choice.get("delta")
+                    if delta:
+                        if delta.get("content"):
+                            yield TextDelta(delta["content"])
+                        for part in delta.get("tool_calls") or ():
+                            slot = calls.setdefault(part.get("index", 0), ["", "", []])
+                            if part.get("id"):
+                                slot[0] = part["id"]
+                            function = part.get("function") or {}
+                            if function.get("name"):
+                                slot[1] += function["name"]
+                            if function.get("arguments"):
+                                slot[2].append(function["arguments"])
+                    if choice.get("finish_reason"):
+                        finish = _FINISH.get(choice["finish_reason"], "stop")
         for index in sorted(calls):
             call_id, name, parts = calls[index]
             arguments, raw = parse_arguments("".join(parts))
@@ -154,13 +151,41 @@ class OpenAIProvider:
         if calls:
             finish = "tool_calls"
         if usage is not None:
-            cached = 0
-            details = getattr(usage, "prompt_tokens_details", None)
-            if details is not None and getattr(details, "cached_tokens", None):
-                cached = details.cached_tokens
-            yield Usage(input_tokens=max(0, (usage.prompt_tokens or 0) - cached),
-                        output_tokens=usage.completion_tokens or 0, cached_input_tokens=cached)
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+            yield Usage(input_tokens=max(0, (usage.get("prompt_tokens") or 0) - cached),
+                        output_tokens=usage.get("completion_tokens") or 0, cached_input_tokens=cached)
         yield Finished(finish)
+
+
+async def _chunks(response: Any) -> AsyncIterator[dict]:
+    """The JSON objects of a chat-completions event stream, up to `data: [DONE]`.
+
+    An error object inside the stream raises openai.APIError, as the SDK's own stream does.
+    """
+    async for payload in _event_data(response):
+        if payload.startswith("[DONE]"):
+            return
+        chunk = json.loads(payload)
+        if not isinstance(chunk, dict):
+            continue
+        error = chunk.get("error")
+        if error:
+            message = error.get("message") if isinstance(error, dict) else None
+            raise openai.APIError(message or "An error occurred during streaming", response.http_request, body=error)
+        yield chunk
+
+
+async def _event_data(response: Any) -> AsyncIterator[str]:
+    """The `data` of each server-sent event (multi-line data joined), other fields skipped."""
+    data: list[str] = []
+    async for line in response.iter_lines():
+        if line.startswith("data:"):
+            data.append(line[5:].lstrip())
+        elif not line and data:  # a blank line ends the event
+            yield "\n".join(data)
+            data = []
+    if data:
+        yield "\n".join(data)
 
 
 def _retry_after(response: httpx2.Response | None) -> float | None:
