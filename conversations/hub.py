@@ -28,6 +28,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
@@ -481,6 +482,15 @@ def _as_uuid(value) -> UUID | None:
         return None
 
 
+_COST_QUANTUM = Decimal("0.00000001")  # the decimal places of Message.cost
+
+
+def cost_str(value: Decimal | int) -> str:
+    """A cost as PROTOCOL.md's decimal string: fixed-point at Message.cost's places, never an exponent
+    (`str(Decimal("0E-8"))` would print "0E-8")."""
+    return f"{Decimal(value).quantize(_COST_QUANTUM):f}"
+
+
 def finished_frame(message) -> dict:
     """`generation.finished` for a saved assistant message."""
     error = {"code": message.error_code, "message": message.error_message} if message.error_code else None
@@ -493,7 +503,7 @@ def finished_frame(message) -> dict:
             "usage": {
                 "input_tokens": message.input_tokens,
                 "output_tokens": message.output_tokens,
-                "cost": str(message.cost),
+                "cost": cost_str(message.cost),
             },
             "error": error,
         },

@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.errors import InvalidInput, NotFound, ParleyError
 from conversations import services
 from conversations.forms import ConversationStartForm, PersonaForm
+from conversations.hub import cost_str
 from conversations.markdown import render_markdown
 from conversations.models import Conversation, Message, Role, Status
 from conversations.selectors import (
@@ -235,7 +236,7 @@ def message_payload(message: Message) -> dict:
         "usage": {
             "input_tokens": message.input_tokens,
             "output_tokens": message.output_tokens,
-            "cost": str(message.cost),
+            "cost": cost_str(message.cost),
         },
         "error": error,
         "conversation_title": message.conversation.title,

@@ -59,11 +59,26 @@ async def test_send_new_conversation_streams_deltas_that_join_to_the_content(org
     answer = await database_sync_to_async(Message.objects.get)(id=started["id"])
     assert answer.status == Status.COMPLETE and answer.content == finished["content"]
     assert answer.token_count > 0 and answer.last_seq == len([f for f in frames if f["type"] == "delta"])
-    assert str(answer.cost) == usage["cost"]
+    assert Decimal(usage["cost"]) == answer.cost
     await wait_idle()
     # The first answer titles the conversation (the demo model's conversations: the first message).
     titled = await database_sync_to_async(Conversation.objects.get)(id=conversation["id"])
     assert titled.title == "Tell me something"
+
+
+async def test_a_free_answer_costs_a_plain_decimal_string_without_exponent(org_a, member_secret, ws_connect):
+    # str(Decimal("0E-8")) is "0E-8": PROTOCOL.md's `cost` is a plain decimal string at Message.cost's places.
+    client = await ws_connect(secret=await member_secret(org_a.member))
+    _, frames = await _finished_turn(client, "/echo free")
+    cost = frames[-1]["message"]["usage"]["cost"]
+    assert cost == "0.00000000"
+    # A reconnecting subscriber gets the same frame rebuilt from the saved row.
+    answer = await database_sync_to_async(Message.objects.get)(id=frames[-1]["message"]["id"])
+    from conversations.hub import cost_str, finished_frame
+
+    assert finished_frame(answer)["message"]["usage"]["cost"] == "0.00000000"
+    assert cost_str(Decimal("1.5E-7")) == "0.00000015" and cost_str(Decimal("12.3")) == "12.30000000"
+    await wait_idle()
 
 
 async def test_second_turn_in_the_same_conversation(org_a, member_secret, ws_connect):
