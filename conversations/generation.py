@@ -51,6 +51,10 @@ HEARTBEAT_INTERVAL = 10.0  # touch `updated_at` this often even when no text arr
 
 COST_QUANTUM = Decimal("0.00000001")  # the decimal places of Message.cost
 
+# Tool rounds a turn may run: the answer makes at most MAX_TOOL_ROUNDS + 1 provider calls, and the
+# turn reserves budget for all of them (conversations.services).
+MAX_TOOL_ROUNDS = 5
+
 # Strong references: a task that only the event loop references can be garbage-collected.
 _tasks: set[asyncio.Task] = set()
 
@@ -129,7 +133,7 @@ class Generation:
                 await self.hub.publish(self.conversation_id, frame)
             self.announced = True
             saver.add(self)
-            self.stream = llm_chat.stream_chat(self.request, toolset=self.toolset)
+            self.stream = llm_chat.stream_chat(self.request, toolset=self.toolset, max_tool_rounds=MAX_TOOL_ROUNDS)
             async for event in self.stream:
                 kind = type(event)
                 if kind is TextDelta:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from uuid import UUID
 
@@ -25,13 +25,13 @@ from billing.services import turn_authorize
 from conversations import hub as hub_module
 from conversations.db import db_async
 from conversations.errors import Busy, ConversationNotFound, MessageNotFound
-from conversations.generation import Generation, generation_wait
+from conversations.generation import MAX_TOOL_ROUNDS, Generation, generation_wait
 from conversations.models import DEFAULT_MODEL, Conversation, Message, Persona, Role, Status
 from conversations.selectors import conversation_get_for_member, message_get_for_member, persona_get_for_member
 from llm.errors import ModelUnavailable
 from llm.registry import model_get
 from llm.tokens import count_text, fit_messages
-from llm.tools import toolset_for_tier
+from llm.tools import ToolSet, toolset_for_tier
 from llm.types import ChatRequest
 from llm.types import Message as LLMMessage
 
@@ -72,6 +72,7 @@ class TurnStarted:
     assistant_message: Message
     created: bool  # False when the client_id was seen before: nothing new was created
     conversation_created: bool = False
+    toolset: ToolSet | None = field(default=None, repr=False, compare=False)  # the tools the answer may call
 
 
 # --- the turn ---------------------------------------------------------------------------------
@@ -299,7 +300,9 @@ def _turn_begin_locked(
     if not conversation_created:  # a new one was created with its final count
         conversation.save(update_fields=["message_count", "updated_at", "model"])
     assistant_id = uuid.uuid4()
+    toolset = _tools_for(membership, alias)
     # Last: billing locks the organization's budget counters until this transaction commits.
+    # With tools the answer may make every call of the tool loop: the worst case of all is reserved.
     authorization = turn_authorize(
         membership=membership,
         api_key=api_key,
@@ -308,6 +311,7 @@ def _turn_begin_locked(
         message_chars=len(content or ""),
         max_output_tokens=None,
         request_id=str(assistant_id),
+        max_calls=MAX_TOOL_ROUNDS + 1 if toolset else 1,
     )
     assistant = Message.objects.create(
         id=assistant_id,
@@ -337,6 +341,7 @@ def _turn_begin_locked(
         assistant_message=assistant,
         created=True,
         conversation_created=conversation_created,
+        toolset=toolset,
     )
     return started, request, authorization
 
@@ -389,7 +394,7 @@ async def _begin_and_start(*, membership, api_key, subscriber, hub: hub_module.H
             membership=membership,
             api_key=api_key,
             authorization=authorization,
-            toolset=_tools_for(membership, assistant.model),
+            toolset=started.toolset,
             opening_frames=_opening_frames(started),
             message=assistant,
             followups=conversation_followups(started.conversation),

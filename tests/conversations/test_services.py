@@ -229,3 +229,34 @@ def test_title_from_text():
     assert services.title_from_text("  short   one ") == "short one"
     long = services.title_from_text("word " * 40)
     assert len(long) <= 80 and long.endswith("…")
+
+
+def test_a_turn_with_tools_reserves_every_call_of_the_tool_loop(org_a, fake_provider):
+    """With tools the answer may make MAX_TOOL_ROUNDS + 1 provider calls: the reservation covers them all."""
+    from billing.models import Reservation
+    from conversations.generation import MAX_TOOL_ROUNDS
+
+    membership = org_a.member
+    tier = membership.organization.tier
+    assert tier.has_feature("tools")
+
+    def reserved(conversation_id=None):
+        started, _request, authorization = services._turn_begin(
+            membership=membership,
+            api_key=None,
+            conversation_id=conversation_id,
+            content="What is 6*7?",
+            model="gpt-5.2-instant",
+            client_id=uuid.uuid4(),
+        )
+        assert Reservation.objects.get(id=authorization.reservation_id).amount == authorization.reserved_cost
+        return started, authorization.reserved_cost
+
+    with_tools_turn, with_tools = reserved()
+    assert with_tools_turn.toolset  # the generation gets the tools the reservation was made for
+    tier.features = [f for f in tier.features if f != "tools"]
+    without_tools_turn, without_tools = reserved()
+    assert without_tools_turn.toolset is None
+    # Each later call of the loop carries a prompt at least as long as the first: at least N + 1 times one call.
+    assert without_tools > 0
+    assert with_tools >= (MAX_TOOL_ROUNDS + 1) * without_tools
