@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -18,10 +19,27 @@ from billing.periods import period_end, period_start
 ZERO = Decimal(0)
 
 
+_PRICES_TTL = 30.0
+_prices: dict[str, tuple[float, list[Price]]] = {}
+
+
 def price_for(model: str, at: datetime | None = None) -> Price | None:
-    """The price of a model in effect at `at` (now by default), or None: then the model cannot be used."""
+    """The price of a model in effect at `at` (now by default), or None: then the model cannot be used.
+
+    Every turn reads it twice, so a model's price rows are kept for 30 s per process; saving or
+    deleting a price forgets them here at once (other processes within the 30 s).
+    """
     at = at or timezone.now()
-    return Price.objects.filter(model=model, effective_at__lte=at).order_by("-effective_at").first()
+    now = time.monotonic()
+    cached = _prices.get(model)
+    if cached is None or cached[0] < now:
+        cached = (now + _PRICES_TTL, list(Price.objects.filter(model=model).order_by("-effective_at")))
+        _prices[model] = cached
+    return next((price for price in cached[1] if price.effective_at <= at), None)
+
+
+def prices_forget(**_) -> None:
+    _prices.clear()
 
 
 def prices_current() -> list[Price]:

@@ -4,8 +4,11 @@ Every entry point (websocket, REST, OpenAI-compatible endpoint) goes through `tu
 before the provider is called and `turn_settle` after, whatever the outcome of the call.
 
 Budgets are checked against `PeriodSpend` rows — one for the organization and one for the member
-per calendar month (UTC) — locked with SELECT … FOR UPDATE, in id order, so that concurrent turns
-serialize on them and cannot both pass a check only one fits.
+per calendar month (UTC). A reservation is one conditional UPDATE of both rows (`reserved` grows only
+where the amount still fits the limit), so concurrent turns cannot both pass a check only one fits,
+and each row is locked only from that statement to the commit: every turn of an organization passes
+through its row, so the time it is held bounds the organization's turns per second. Rows are always
+locked in id order.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
-from django.db.models import Q
+from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import F, Q, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from accounts.errors import PermissionDenied
@@ -52,12 +56,26 @@ def _reservation_ttl() -> timedelta:
 
 
 @dataclass(frozen=True)
+class BudgetWatch:
+    """A budget counter as the turn found it, to tell at settlement whether it crossed an alert threshold."""
+
+    counter_id: int
+    spent: Decimal
+    limit: Decimal
+    alerted_up_to: int  # the highest threshold already alerted this period (0 for none)
+
+
+@dataclass(frozen=True)
 class TurnAuthorization:
     reservation_id: UUID
     request_id: str
     model: str
     max_output_tokens: int
     reserved_cost: Decimal
+    # The reservation's time and counters, so settling need not read them again.
+    created_at: datetime | None = None
+    counter_ids: tuple[int, ...] = ()
+    budget_watch: tuple[BudgetWatch, ...] = field(default=(), compare=False)
 
 
 # --- rate-limit scopes -------------------------------------------------------------------------
@@ -128,36 +146,19 @@ def _budget_limits(*, organization: Organization, membership_id: UUID | None) ->
 
 
 
-def _lock_counter(*, organization_id: UUID, membership_id: UUID | None, start) -> PeriodSpend:
-    """One counter for the period, created if missing, locked (SELECT … FOR UPDATE)."""
-    rows = PeriodSpend.objects.select_for_update().filter(
-        organization_id=organization_id, membership_id=membership_id, period_start=start
-    )
-    row = rows.first()
-    if row is None:
-        # ON CONFLICT DO NOTHING: when another transaction is creating the same row, this waits for it.
+def _period_counters(*, organization_id: UUID, membership_id: UUID, start: date) -> tuple[PeriodSpend, PeriodSpend]:
+    """The organization's and the member's counters for the period (created if missing), unlocked."""
+    scope = Q(membership__isnull=True) | Q(membership_id=membership_id)
+    for _ in range(2):
+        rows = {row.membership_id: row for row in PeriodSpend.objects.filter(scope, organization_id=organization_id, period_start=start)}
+        if None in rows and membership_id in rows:
+            return rows[None], rows[membership_id]
+        # Once a month per member. ON CONFLICT DO NOTHING: another turn may be creating them too.
         PeriodSpend.objects.bulk_create(
-            [PeriodSpend(organization_id=organization_id, membership_id=membership_id, period_start=start)],
+            [PeriodSpend(organization_id=organization_id, membership_id=m, period_start=start) for m in (None, membership_id) if m not in rows],
             ignore_conflicts=True,
         )
-        row = rows.first()
-    return row
-
-
-def _lock_counters(*, organization_id: UUID, membership_id: UUID | None, start) -> tuple[PeriodSpend, PeriodSpend | None]:
-    """The organization's and then the member's counter for the period, created if missing, locked.
-
-    Always the organization's first: every turn of the organization then queues on that one row,
-    and the member's row is only ever created or locked by a transaction that already holds it
-    (creating both in one statement let two transactions wait on each other's new rows).
-    """
-    org = _lock_counter(organization_id=organization_id, membership_id=None, start=start)
-    member = (
-        _lock_counter(organization_id=organization_id, membership_id=membership_id, start=start)
-        if membership_id is not None
-        else None
-    )
-    return org, member
+    raise DatabaseError("budget counters could not be created")
 
 
 def _lock_counter_ids(ids: Sequence[int]) -> dict[int, PeriodSpend]:
@@ -223,16 +224,6 @@ def turn_authorize(
     """
     organization = membership.organization
     tier = organization.tier
-    existing = Reservation.objects.filter(request_id=request_id, organization_id=organization.id).first()
-    if existing is not None:
-        return TurnAuthorization(
-            reservation_id=existing.id,
-            request_id=existing.request_id,
-            model=existing.model,
-            max_output_tokens=existing.max_output_tokens,
-            reserved_cost=existing.amount,
-        )
-
     if not tier.allows_model(model):
         raise ModelNotAllowed(f"The {tier.name} plan does not include the model “{model}”.")
     if message_chars > tier.max_message_chars:
@@ -263,26 +254,33 @@ def turn_authorize(
             f"Rate limit reached; try again in {int(verdict.retry_after)} s.", retry_after=verdict.retry_after
         )
 
-    reservation = _reserve(
-        membership=membership,
-        api_key=api_key,
-        model=model,
-        prompt_tokens=prompt_tokens,
-        output_tokens=output_tokens,
-        amount=worst_case,
-        request_id=request_id,
-        now=now,
-    )
-    return TurnAuthorization(
-        reservation_id=reservation.id,
-        request_id=request_id,
-        model=model,
-        max_output_tokens=output_tokens,
-        reserved_cost=worst_case,
-    )
+    try:
+        return _reserve(
+            membership=membership,
+            api_key=api_key,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            output_tokens=output_tokens,
+            amount=worst_case,
+            request_id=request_id,
+            now=now,
+        )
+    except IntegrityError:
+        # The same request id was authorized before (a retried turn): that authorization stands.
+        existing = Reservation.objects.filter(request_id=request_id, organization_id=organization.id).first()
+        if existing is None:
+            raise
+        return TurnAuthorization(
+            reservation_id=existing.id,
+            request_id=existing.request_id,
+            model=existing.model,
+            max_output_tokens=existing.max_output_tokens,
+            reserved_cost=existing.amount,
+            created_at=existing.created_at,
+            counter_ids=tuple(i for i in (existing.org_counter_id, existing.member_counter_id) if i),
+        )
 
 
-@transaction.atomic
 def _reserve(
     *,
     membership: Membership,
@@ -293,19 +291,73 @@ def _reserve(
     amount: Decimal,
     request_id: str,
     now: datetime,
-) -> Reservation:
+) -> TurnAuthorization:
     organization = membership.organization
-    org_counter, member_counter = _lock_counters(
+    org_counter, member_counter = _period_counters(
         organization_id=organization.id, membership_id=membership.id, start=period_start(now)
     )
-    resets_at = period_end(now)
-    # Read the limits after taking the lock, so a budget change is seen by the next turn in line.
     org_limit, member_limit = _budget_limits(organization=organization, membership_id=membership.id)
     checks = [(org_counter, org_limit, "The organization's monthly budget")]
     if member_limit is not None:
         checks.append((member_counter, member_limit, "Your monthly budget"))
-    for counter, limit, what in checks:
+
+    def fits(counter: PeriodSpend, limit: Decimal | None) -> Q:
+        if limit is None:
+            return Q(id=counter.id)
         # At 100 % every turn is refused, even one of a free model.
+        return Q(id=counter.id, spent__lt=limit, reserved__lte=limit - amount - F("spent"))
+
+    conditions = sorted(
+        [(org_counter.id, fits(org_counter, org_limit)), (member_counter.id, fits(member_counter, member_limit))],
+        key=lambda item: item[0],
+    )
+    try:
+        with transaction.atomic():
+            reservation = Reservation.objects.create(
+                organization=organization,
+                membership=membership,
+                api_key=api_key,
+                request_id=request_id,
+                model=model,
+                prompt_tokens=max(0, prompt_tokens),
+                max_output_tokens=output_tokens,
+                amount=amount,
+                org_counter=org_counter,
+                member_counter=member_counter,
+                created_at=now,
+                expires_at=now + _reservation_ttl(),
+            )
+            # Last, so the rows stay locked only until the commit right after; one row per statement,
+            # in id order, so that two turns never lock them in opposite orders.
+            for _, condition in conditions:
+                if not PeriodSpend.objects.filter(condition).update(reserved=F("reserved") + amount):
+                    raise _DoesNotFit
+    except _DoesNotFit:
+        raise _budget_refusal(checks=checks, amount=amount, now=now) from None
+    return TurnAuthorization(
+        reservation_id=reservation.id,
+        request_id=request_id,
+        model=model,
+        max_output_tokens=output_tokens,
+        reserved_cost=amount,
+        created_at=now,
+        counter_ids=tuple(counter_id for counter_id, _ in conditions),
+        budget_watch=tuple(
+            BudgetWatch(counter.id, counter.spent, limit, _alerted_up_to(counter)) for counter, limit, _ in checks if limit
+        ),
+    )
+
+
+class _DoesNotFit(Exception):
+    """Rolls back a reservation whose amount does not fit a budget."""
+
+
+def _budget_refusal(*, checks: list, amount: Decimal, now: datetime) -> BudgetExceeded:
+    """The refusal, saying which budget is short and by how much (read again: other turns may have moved it)."""
+    resets_at = period_end(now)
+    current = PeriodSpend.objects.in_bulk([counter.id for counter, _, _ in checks])
+    for counter, limit, what in checks:
+        counter = current.get(counter.id, counter)
         if counter.spent >= limit or counter.spent + counter.reserved + amount > limit:
             used_up = counter.spent >= limit
             detail = (
@@ -314,27 +366,17 @@ def _reserve(
                 else f"{what} of {_money(limit)} has {_money(max(ZERO, limit - counter.spent - counter.reserved))} "
                 f"left, less than this message may cost ({_money(amount)})"
             )
-            raise BudgetExceeded(
-                f"{detail}; it resets on {resets_at:%Y-%m-%d} at 00:00 UTC.",
-                retry_after=max(1.0, (resets_at - now).total_seconds()),
-            )
-    for counter in (org_counter, member_counter):
-        counter.reserved += amount
-    PeriodSpend.objects.bulk_update([org_counter, member_counter], ["reserved"])
-    return Reservation.objects.create(
-        organization=organization,
-        membership=membership,
-        api_key=api_key,
-        request_id=request_id,
-        model=model,
-        prompt_tokens=max(0, prompt_tokens),
-        max_output_tokens=output_tokens,
-        amount=amount,
-        org_counter=org_counter,
-        member_counter=member_counter,
-        created_at=now,
-        expires_at=now + _reservation_ttl(),
+            break
+    else:  # it fitted when read again: another turn's reservation was released in between
+        detail = f"The monthly budget has less left than this message may cost ({_money(amount)})"
+    return BudgetExceeded(
+        f"{detail}; it resets on {resets_at:%Y-%m-%d} at 00:00 UTC.",
+        retry_after=max(1.0, (resets_at - now).total_seconds()),
     )
+
+
+def _alerted_up_to(counter: PeriodSpend) -> int:
+    return 90 if counter.alerted_90_at else 75 if counter.alerted_75_at else 0
 
 
 # --- settle --------------------------------------------------------------------------------------
@@ -385,14 +427,20 @@ def _settle(
     conversation_id: UUID | None,
     message_id: UUID | None,
 ) -> tuple[list[LedgerEntry], Decimal]:
-    reservation = (
-        Reservation.objects.select_for_update()
-        .filter(id=authorization.reservation_id, organization_id=membership.organization_id)
-        .first()
-    )
     now = timezone.now()
-    priced_at = reservation.created_at if reservation else now
-    already = set(LedgerEntry.objects.filter(request_id__in=call_ids).values_list("request_id", flat=True))
+    if authorization.created_at is None or not authorization.counter_ids:
+        authorization = _authorization_of(authorization, membership=membership)
+    # Releasing is one conditional UPDATE: only the first settlement of an open reservation releases it.
+    released = Reservation.objects.filter(
+        id=authorization.reservation_id, organization_id=membership.organization_id, status=ReservationStatus.OPEN
+    ).update(status=ReservationStatus.SETTLED, closed_at=now)
+    priced_at = authorization.created_at or now
+    # A released reservation was never settled, so none of its calls is billed yet; otherwise look.
+    already = (
+        set()
+        if released
+        else set(LedgerEntry.objects.filter(request_id__in=call_ids).values_list("request_id", flat=True))
+    )
     new_entries: list[LedgerEntry] = []
     for usage, call_id in zip(usages, call_ids, strict=True):
         if call_id in already:
@@ -432,40 +480,16 @@ def _settle(
         new_entries.append(entry)
     new_cost = sum((e.cost for e in new_entries), ZERO)
 
-    release = reservation is not None and reservation.status == ReservationStatus.OPEN
+    if new_entries:
+        LedgerEntry.objects.bulk_create(new_entries)
+    release = authorization.reserved_cost if released else ZERO
     if new_entries or release:
-        org_now, member_now = _lock_counters(
-            organization_id=membership.organization_id, membership_id=membership.id, start=period_start(now)
-        )
-        held: dict[int, PeriodSpend] = {org_now.id: org_now}
-        if member_now is not None:
-            held[member_now.id] = member_now
-        if release:
-            # The reservation may sit on last month's counters (a turn that crossed midnight UTC on the 1st).
-            extra = [i for i in (reservation.org_counter_id, reservation.member_counter_id) if i and i not in held]
-            held.update(_lock_counter_ids(extra))
-            for counter_id in (reservation.org_counter_id, reservation.member_counter_id):
-                if counter_id:
-                    held[counter_id].reserved = max(ZERO, held[counter_id].reserved - reservation.amount)
-            reservation.status = ReservationStatus.SETTLED
-            reservation.closed_at = now
-            reservation.save(update_fields=["status", "closed_at"])
-        for counter in (org_now, member_now):
-            if counter is not None:
-                counter.spent += new_cost
-        PeriodSpend.objects.bulk_update(list(held.values()), ["spent", "reserved"])
-        if new_entries:
-            LedgerEntry.objects.bulk_create(new_entries)
-            org_limit, member_limit = _budget_limits(
-                organization=membership.organization, membership_id=membership.id
-            )
-            crossing = [
-                counter.id
-                for counter, limit in ((org_now, org_limit), (member_now, member_limit))
-                if counter is not None and limit and _needs_alert(counter, limit)
-            ]
-            if crossing:
-                transaction.on_commit(lambda: budget_alerts_check(counter_ids=crossing), robust=True)
+        # Last, so the counters stay locked only until the commit right after.
+        _counters_add(authorization=authorization, membership=membership, spent=new_cost, released=release, now=now)
+    if new_cost:
+        crossing = [w.counter_id for w in authorization.budget_watch if _crosses(w, new_cost)]
+        if crossing:
+            transaction.on_commit(lambda: budget_alerts_check(counter_ids=crossing), robust=True)
 
     if len(already) == len(new_entries):  # every call was billed just now
         return new_entries, new_cost
@@ -473,9 +497,47 @@ def _settle(
     return new_entries, total
 
 
-def _needs_alert(counter: PeriodSpend, limit: Decimal) -> bool:
-    percent = counter.spent * 100 / limit
-    return (percent >= 75 and counter.alerted_75_at is None) or (percent >= 90 and counter.alerted_90_at is None)
+def _authorization_of(authorization: TurnAuthorization, *, membership: Membership) -> TurnAuthorization:
+    """An authorization completed from its reservation (one built before it carried counters)."""
+    reservation = Reservation.objects.filter(
+        id=authorization.reservation_id, organization_id=membership.organization_id
+    ).first()
+    if reservation is None:
+        return authorization
+    return replace(
+        authorization,
+        created_at=reservation.created_at,
+        counter_ids=tuple(i for i in (reservation.org_counter_id, reservation.member_counter_id) if i),
+    )
+
+
+def _counters_add(
+    *, authorization: TurnAuthorization, membership: Membership, spent: Decimal, released: Decimal, now: datetime
+) -> None:
+    """Add the spend to this period's counters and release the reservation from the counters it is held on."""
+    held = authorization.counter_ids
+    if authorization.created_at is not None and period_start(authorization.created_at) == period_start(now):
+        current = held
+    else:  # a turn that crossed midnight UTC on the 1st: spend goes to the new month
+        org, member = _period_counters(
+            organization_id=membership.organization_id, membership_id=membership.id, start=period_start(now)
+        )
+        current = (org.id, member.id)
+    reserved = {"reserved": Greatest(F("reserved") - released, Value(ZERO))} if released else {}
+    changes: dict[int, dict] = {counter_id: dict(reserved) for counter_id in held}
+    for counter_id in current:
+        if spent:
+            changes.setdefault(counter_id, {})["spent"] = F("spent") + spent
+    # One row per statement, in id order (see _reserve).
+    for counter_id in sorted(changes):
+        if changes[counter_id]:
+            PeriodSpend.objects.filter(id=counter_id).update(**changes[counter_id])
+
+
+def _crosses(watch: BudgetWatch, cost: Decimal) -> bool:
+    """Whether this cost takes the counter past an alert threshold not yet alerted (as the turn found it)."""
+    percent = (watch.spent + cost) * 100 / watch.limit
+    return any(percent >= threshold > watch.alerted_up_to for threshold in THRESHOLDS)
 
 
 def reservations_release_expired(*, now: datetime | None = None, limit: int = 1000) -> int:

@@ -10,6 +10,7 @@ import pytest
 from accounts.models import Membership, Tier
 from billing import limits
 from billing.models import Price
+from billing.selectors import prices_forget
 from billing.services import rate_limit_policies_forget, turn_authorize, turn_settle
 from llm.types import Usage
 
@@ -42,6 +43,7 @@ def test_model(db) -> Price:
 def _fresh_memory_windows():
     limits.limiter().memory.clear()
     rate_limit_policies_forget()
+    prices_forget()  # a rolled-back test's prices must not outlive it
     yield
 
 
