@@ -59,23 +59,27 @@ def api_key_authenticate(*, secret: str) -> tuple[ApiKey, Membership]:
     """
     if not secret:
         raise Unauthenticated("Missing API key.")
-    try:
-        key = ApiKey.objects.select_related("organization__tier", "user").get(hashed_secret=hash_api_key(secret))
-    except ApiKey.DoesNotExist:
-        raise Unauthenticated("Invalid API key.") from None
+    # Every API call starts here: the key alone (by its unique hash), then the member with its
+    # organization, tier and user, which the key shares.
+    key = ApiKey.objects.filter(hashed_secret=hash_api_key(secret)).order_by().first()
+    if key is None:
+        raise Unauthenticated("Invalid API key.")
     if key.revoked_at is not None:
         raise Unauthenticated("This API key has been revoked.")
     now = timezone.now()
     if key.expires_at is not None and now >= key.expires_at:
         raise Unauthenticated("This API key has expired.")
-    if not key.user.is_active:
+    membership = (
+        Membership.objects.select_related("organization__tier", "user")
+        .filter(user_id=key.user_id, organization_id=key.organization_id)
+        .order_by()
+        .first()
+    )
+    if membership is None:
+        raise Unauthenticated("This API key's user is no longer a member of its organization.")
+    if not membership.user.is_active:
         raise Unauthenticated("This API key's user is inactive.")
-    try:
-        membership = Membership.objects.select_related("organization__tier", "user").get(
-            user=key.user, organization=key.organization
-        )
-    except Membership.DoesNotExist:
-        raise Unauthenticated("This API key's user is no longer a member of its organization.") from None
+    key.organization, key.user = membership.organization, membership.user
     if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
