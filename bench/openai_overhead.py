@@ -114,6 +114,19 @@ class Processes:
         shutil.rmtree(self.logs, ignore_errors=True)
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU time of every process in a process group (a server and its workers)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of /proc/PID/stat: the process group
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 async def one_request(client: httpx.AsyncClient, url: str, key: str) -> tuple[float, float]:
     body = {
         "model": MODEL,
@@ -212,7 +225,7 @@ def main() -> int:
             server = [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(parley_port), "config.asgi:application"]
         else:
             server = [PY, "-m", "uvicorn", "config.asgi:application", "--port", str(parley_port), "--log-level", "warning", "--no-access-log"]
-        procs.start("parley", server, parley_env)
+        servers = {"parley": procs.start("parley", server, parley_env)}
         wait_http(f"http://127.0.0.1:{parley_port}/healthz")
 
         targets = [("direct", upstream + "/chat/completions", [UPSTREAM_KEY]), ("parley", f"http://127.0.0.1:{parley_port}/v1/chat/completions", secrets)]
@@ -242,7 +255,7 @@ def main() -> int:
                 "LITELLM_LOG": "ERROR",
                 "NO_DOCS": "True",
             }
-            procs.start(
+            servers["litellm"] = procs.start(
                 "litellm",
                 [str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(litellm_port), "--num_workers", "1"],
                 litellm_env,
@@ -253,16 +266,23 @@ def main() -> int:
         print(f"{args.clients} concurrent clients ({args.organizations} Parley organization(s)) x {args.requests} streaming requests each; upstream: {args.chunks} chunks, {args.chunk_delay * 1000:.1f} ms apart")
         results = {}
         for name, url, key in targets:
+            server_proc = servers.get(name)
+            cpu_before = group_cpu_seconds(server_proc.pid) if server_proc else 0.0
             results[name] = asyncio.run(run_target(url, key, args.clients, args.requests))
+            if server_proc:  # warm-up requests included
+                warmup = 3 * min(args.clients, 20)
+                cpu = group_cpu_seconds(server_proc.pid) - cpu_before
+                results[name]["cpu_ms"] = cpu * 1000 / (results[name]["n"] + warmup)
         direct = results["direct"]
-        print(f"{'target':<8} {'n':>5} {'req/s':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'total p50':>10} {'total p99':>10}   added over direct (p50 / p99 of total)")
+        print(f"{'target':<8} {'n':>5} {'req/s':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'total p50':>10} {'total p99':>10} {'CPU/req':>8}   added over direct (p50 / p99 of total)")
         for name, r in results.items():
             added = ""
             if name != "direct":
                 added = f"+{(r['total_p50'] - direct['total_p50']) * 1000:7.1f} ms / +{(r['total_p99'] - direct['total_p99']) * 1000:7.1f} ms   (TTFT +{(r['ttft_p50'] - direct['ttft_p50']) * 1000:.1f} / +{(r['ttft_p99'] - direct['ttft_p99']) * 1000:.1f} ms)"
             print(
                 f"{name:<8} {r['n']:>5} {r['rps']:>7.1f} {r['ttft_p50'] * 1000:>7.1f}ms {r['ttft_p99'] * 1000:>7.1f}ms "
-                f"{r['total_p50'] * 1000:>8.1f}ms {r['total_p99'] * 1000:>8.1f}ms   {added}"
+                f"{r['total_p50'] * 1000:>8.1f}ms {r['total_p99'] * 1000:>8.1f}ms "
+                f"{(str(round(r['cpu_ms'], 1)) + 'ms') if 'cpu_ms' in r else '':>8}   {added}"
             )
         if "litellm" in results:
             parley_added = results["parley"]["total_p50"] - direct["total_p50"]

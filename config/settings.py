@@ -126,7 +126,7 @@ if DATABASE_URL:
     if _db["ENGINE"] == "django.db.backends.postgresql":
         # Under ASGI, persistent connections leak per thread; psycopg's pool is the supported way.
         _db["CONN_MAX_AGE"] = 0
-        _db["CONN_HEALTH_CHECKS"] = True
+        _db["CONN_HEALTH_CHECKS"] = env_bool("DATABASE_HEALTH_CHECKS", True)
         _db.setdefault("OPTIONS", {})["pool"] = {
             "min_size": env_int("DATABASE_POOL_MIN", 2),
             "max_size": env_int("DATABASE_POOL_MAX", 20),
