@@ -5,9 +5,12 @@ to B's members and keys, and never appear in B's lists.
 """
 
 import itertools
+import weakref
 from dataclasses import dataclass
 
 import pytest
+from django.db import connections
+from django.db.backends.signals import connection_created
 
 from accounts.models import Membership, Organization, Role, Tier, User
 from accounts.services import api_key_create, organization_create
@@ -120,3 +123,39 @@ def assert_foreign_404():
         assert status == 404, f"expected 404 for another tenant's object, got {status}"
 
     return check
+
+
+# --- Test-database teardown -------------------------------------------------------------------
+# Connections that async tests opened in other threads (asgiref's sync_to_async thread, the
+# conversations-db executor) stay checked out of psycopg's pool: closing the pool does not close
+# them, and DROP DATABASE then fails with "being accessed by other users". Every connection Django
+# opens is remembered here and closed before pytest-django drops the test database.
+_db_wrappers: weakref.WeakSet = weakref.WeakSet()
+
+
+def _remember_db_wrapper(sender, connection, **kwargs) -> None:
+    _db_wrappers.add(connection)
+
+
+connection_created.connect(_remember_db_wrapper, weak=False, dispatch_uid="tests.conftest.remember_db_wrapper")
+
+
+def close_every_database_connection() -> None:
+    """Close the connections of every thread, then the pools (safe only when no test is running)."""
+    connections.close_all()  # this thread's, the usual way
+    for wrapper in list(_db_wrappers):
+        raw = wrapper.connection
+        if wrapper.vendor == "postgresql" and raw is not None and not raw.closed:
+            raw.close()  # another thread's: that thread is idle now, so close the socket directly
+            wrapper.connection = None
+    for wrapper in connections.all():
+        if hasattr(wrapper, "close_pool"):  # PostgreSQL with OPTIONS["pool"] (Django 5.1+)
+            wrapper.close_pool()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database, with every connection closed before it is dropped."""
+    yield
+    with django_db_blocker.unblock():
+        close_every_database_connection()
