@@ -8,11 +8,13 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.ws import WebsocketAuthStack  # noqa: E402
+from config.handlers import MiddlewareFreeASGIHandler, prefix_router  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # The OpenAI-compatible endpoint (API keys only) skips the middleware: see config/handlers.py.
+        "http": prefix_router("/v1/", MiddlewareFreeASGIHandler(), django_asgi_app),
         "websocket": WebsocketAuthStack(URLRouter(websocket_urlpatterns)),
     }
 )
