@@ -307,10 +307,8 @@ def _reserve(
         # At 100 % every turn is refused, even one of a free model.
         return Q(id=counter.id, spent__lt=limit, reserved__lte=limit - amount - F("spent"))
 
-    conditions = sorted(
-        [(org_counter.id, fits(org_counter, org_limit)), (member_counter.id, fits(member_counter, member_limit))],
-        key=lambda item: item[0],
-    )
+    counter_ids = tuple(sorted((org_counter.id, member_counter.id)))
+    fitting = fits(org_counter, org_limit) | fits(member_counter, member_limit)
     try:
         with transaction.atomic():
             reservation = Reservation.objects.create(
@@ -327,11 +325,9 @@ def _reserve(
                 created_at=now,
                 expires_at=now + _reservation_ttl(),
             )
-            # Last, so the rows stay locked only until the commit right after; one row per statement,
-            # in id order, so that two turns never lock them in opposite orders.
-            for _, condition in conditions:
-                if not PeriodSpend.objects.filter(condition).update(reserved=F("reserved") + amount):
-                    raise _DoesNotFit
+            # Last, so the rows stay locked only until the commit right after.
+            if _locked_in_id_order(counter_ids).filter(fitting).update(reserved=F("reserved") + amount) != 2:
+                raise _DoesNotFit
     except _DoesNotFit:
         raise _budget_refusal(checks=checks, amount=amount, now=now) from None
     return TurnAuthorization(
@@ -341,7 +337,7 @@ def _reserve(
         max_output_tokens=output_tokens,
         reserved_cost=amount,
         created_at=now,
-        counter_ids=tuple(counter_id for counter_id, _ in conditions),
+        counter_ids=counter_ids,
         budget_watch=tuple(
             BudgetWatch(counter.id, counter.spent, limit, _alerted_up_to(counter)) for counter, limit, _ in checks if limit
         ),
@@ -350,6 +346,12 @@ def _reserve(
 
 class _DoesNotFit(Exception):
     """Rolls back a reservation whose amount does not fit a budget."""
+
+
+def _locked_in_id_order(ids: Sequence[int]):
+    """The counters, for an UPDATE that first locks them in id order (a sub-select FOR UPDATE), so
+    two turns never lock an organization's and a member's counter in opposite orders."""
+    return PeriodSpend.objects.filter(id__in=PeriodSpend.objects.filter(id__in=ids).order_by("id").select_for_update().values("id"))
 
 
 def _budget_refusal(*, checks: list, amount: Decimal, now: datetime) -> BudgetExceeded:
@@ -523,15 +525,16 @@ def _counters_add(
             organization_id=membership.organization_id, membership_id=membership.id, start=period_start(now)
         )
         current = (org.id, member.id)
-    reserved = {"reserved": Greatest(F("reserved") - released, Value(ZERO))} if released else {}
-    changes: dict[int, dict] = {counter_id: dict(reserved) for counter_id in held}
-    for counter_id in current:
-        if spent:
-            changes.setdefault(counter_id, {})["spent"] = F("spent") + spent
-    # One row per statement, in id order (see _reserve).
-    for counter_id in sorted(changes):
-        if changes[counter_id]:
-            PeriodSpend.objects.filter(id=counter_id).update(**changes[counter_id])
+    release = {"reserved": Greatest(F("reserved") - released, Value(ZERO))} if released else {}
+    spend = {"spent": F("spent") + spent} if spent else {}
+    if set(current) == set(held):
+        _locked_in_id_order(held).update(**release, **spend)
+        return
+    # The old month's counters have the lower ids: released first, keeping the id order.
+    if release:
+        _locked_in_id_order(held).update(**release)
+    if spend:
+        _locked_in_id_order(current).update(**spend)
 
 
 def _crosses(watch: BudgetWatch, cost: Decimal) -> bool:
