@@ -7,7 +7,7 @@ from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 
-from accounts.errors import NotFound, Unauthenticated
+from accounts.errors import NotFound, PermissionDenied, Unauthenticated
 from accounts.models import ApiKey, Invitation, Membership, Organization, hash_api_key
 
 _T = TypeVar("_T", bound=Model)
@@ -54,7 +54,8 @@ def api_key_authenticate(*, secret: str) -> tuple[ApiKey, Membership]:
     """Resolve a bearer secret to its key and the membership it acts as.
 
     Unknown, revoked and expired keys, and keys whose owner left the organization, all raise
-    `Unauthenticated` with a message that says which (the secret itself is never echoed).
+    `Unauthenticated` with a message that says which (the secret itself is never echoed); a valid
+    key of an organization whose plan lacks the `api` feature raises `PermissionDenied`.
     Records when the key was last used (at most once a minute, to keep hot paths cheap).
     """
     if not secret:
@@ -79,6 +80,9 @@ def api_key_authenticate(*, secret: str) -> tuple[ApiKey, Membership]:
         raise Unauthenticated("This API key's user is no longer a member of its organization.")
     if not membership.user.is_active:
         raise Unauthenticated("This API key's user is inactive.")
+    tier = membership.organization.tier
+    if not tier.has_feature("api"):
+        raise PermissionDenied(f"The {tier.name} plan does not include API access; keys work once the organization's plan does.")
     key.organization, key.user = membership.organization, membership.user
     if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)

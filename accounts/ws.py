@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http.request import validate_host
 
-from accounts.errors import Unauthenticated
+from accounts.errors import PermissionDenied, Unauthenticated
 from accounts.middleware import SESSION_KEY
 from accounts.selectors import api_key_authenticate, bearer_secret, membership_default, membership_get
 
@@ -37,7 +37,7 @@ def origin_allowed(origin: bytes | None) -> bool:
 def _membership_for_bearer(secret: str):
     try:
         return api_key_authenticate(secret=secret)
-    except Unauthenticated:
+    except (Unauthenticated, PermissionDenied):  # the socket is refused like an anonymous one
         return None, None
 
 
