@@ -23,7 +23,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import F, Q, Value
+from django.db.models import F, Q, Subquery, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -129,28 +129,22 @@ def rate_limit_scopes(*, membership: Membership, api_key: ApiKey | None = None) 
 # --- budget counters ---------------------------------------------------------------------------
 
 
-def _budget_limits(*, organization: Organization, membership_id: UUID | None) -> tuple[Decimal, Decimal | None]:
-    """(the organization's limit, the member's own limit or None), in one query."""
-    org_limit, member_limit = organization.tier.monthly_budget_usd, None
-    scope = Q(membership__isnull=True)
-    if membership_id is not None:
-        scope |= Q(membership_id=membership_id)
-    for budget_member, limit in Budget.objects.filter(scope, organization=organization).values_list(
-        "membership_id", "monthly_limit_usd"
-    ):
-        if budget_member is None:
-            org_limit = limit
-        else:
-            member_limit = limit
-    return org_limit, member_limit
-
-
-
 def _period_counters(*, organization_id: UUID, membership_id: UUID, start: date) -> tuple[PeriodSpend, PeriodSpend]:
-    """The organization's and the member's counters for the period (created if missing), unlocked."""
+    """The organization's and the member's counters for the period (created if missing), unlocked.
+
+    Each carries the budgets set for the organization and for the member (`org_budget`,
+    `member_budget`: None where none is set), read in the same query.
+    """
     scope = Q(membership__isnull=True) | Q(membership_id=membership_id)
+    budgets = Budget.objects.filter(organization_id=organization_id).order_by()
     for _ in range(2):
-        rows = {row.membership_id: row for row in PeriodSpend.objects.filter(scope, organization_id=organization_id, period_start=start)}
+        rows = {
+            row.membership_id: row
+            for row in PeriodSpend.objects.filter(scope, organization_id=organization_id, period_start=start).annotate(
+                org_budget=Subquery(budgets.filter(membership__isnull=True).values("monthly_limit_usd")[:1]),
+                member_budget=Subquery(budgets.filter(membership_id=membership_id).values("monthly_limit_usd")[:1]),
+            )
+        }
         if None in rows and membership_id in rows:
             return rows[None], rows[membership_id]
         # Once a month per member. ON CONFLICT DO NOTHING: another turn may be creating them too.
@@ -296,7 +290,9 @@ def _reserve(
     org_counter, member_counter = _period_counters(
         organization_id=organization.id, membership_id=membership.id, start=period_start(now)
     )
-    org_limit, member_limit = _budget_limits(organization=organization, membership_id=membership.id)
+    # The organization's budget: a staff override, else its tier's; the member's own, if one is set.
+    org_limit = org_counter.org_budget if org_counter.org_budget is not None else organization.tier.monthly_budget_usd
+    member_limit = member_counter.member_budget
     checks = [(org_counter, org_limit, "The organization's monthly budget")]
     if member_limit is not None:
         checks.append((member_counter, member_limit, "Your monthly budget"))
