@@ -126,7 +126,7 @@ if DATABASE_URL:
     if _db["ENGINE"] == "django.db.backends.postgresql":
         # Under ASGI, persistent connections leak per thread; psycopg's pool is the supported way.
         _db["CONN_MAX_AGE"] = 0
-        _db["CONN_HEALTH_CHECKS"] = env_bool("DATABASE_HEALTH_CHECKS", True)
+        _db["CONN_HEALTH_CHECKS"] = env_bool("DATABASE_HEALTH_CHECKS", False)
         # Server-side binding lets psycopg prepare the queries a connection repeats (every turn's).
         _db.setdefault("OPTIONS", {})["server_side_binding"] = env_bool("DATABASE_SERVER_SIDE_BINDING", True)
         _db["OPTIONS"]["pool"] = {
