@@ -1,8 +1,11 @@
 """Tenant-scoped reads of accounts data. Missing and foreign ids raise the same `NotFound`."""
 
+import copy
+import time
 from typing import TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
+from django.core.cache import cache
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db.models import Model, QuerySet
 from django.utils import timezone
@@ -50,6 +53,20 @@ def member_get_in_organization(*, organization: Organization, membership_id: UUI
         raise NotFound("Member not found.") from None
 
 
+# Every API call authenticates its key: the key and its member are kept per process for a few
+# seconds, and forgotten by every process as soon as any key, membership, user, organization or tier
+# is saved or deleted anywhere (a generation mark in the shared cache, read on each call).
+KEY_CACHE_SECONDS = 10.0
+_GENERATION = "accounts:auth-generation"
+_keys: dict[str, tuple[float, str | None, ApiKey, Membership]] = {}
+
+
+def auth_generation_bump(**_) -> None:
+    """Forget every process's remembered keys (connected to saves and deletes of the models they use)."""
+    cache.set(_GENERATION, uuid4().hex, None)
+    _keys.clear()
+
+
 def api_key_authenticate(*, secret: str) -> tuple[ApiKey, Membership]:
     """Resolve a bearer secret to its key and the membership it acts as.
 
@@ -60,16 +77,37 @@ def api_key_authenticate(*, secret: str) -> tuple[ApiKey, Membership]:
     """
     if not secret:
         raise Unauthenticated("Missing API key.")
-    # Every API call starts here: the key alone (by its unique hash), then the member with its
-    # organization, tier and user, which the key shares.
-    key = ApiKey.objects.filter(hashed_secret=hash_api_key(secret)).order_by().first()
+    hashed = hash_api_key(secret)
+    generation = cache.get(_GENERATION)
+    remembered = _keys.get(hashed)
+    if remembered is not None and remembered[0] > time.monotonic() and remembered[1] == generation:
+        key, membership = copy.copy(remembered[2]), copy.copy(remembered[3])
+    else:
+        key, membership = _api_key_load(hashed)
+        _keys[hashed] = (time.monotonic() + KEY_CACHE_SECONDS, generation, key, membership)
+        key, membership = copy.copy(key), copy.copy(membership)
+    now = timezone.now()
+    if key.expires_at is not None and now >= key.expires_at:
+        raise Unauthenticated("This API key has expired.")
+    tier = membership.organization.tier
+    if not tier.has_feature("api"):
+        raise PermissionDenied(f"The {tier.name} plan does not include API access; keys work once the organization's plan does.")
+    if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+        if hashed in _keys:
+            _keys[hashed][2].last_used_at = now
+    return key, membership
+
+
+def _api_key_load(hashed: str) -> tuple[ApiKey, Membership]:
+    # The key alone (by its unique hash), then the member with its organization, tier and user,
+    # which the key shares.
+    key = ApiKey.objects.filter(hashed_secret=hashed).order_by().first()
     if key is None:
         raise Unauthenticated("Invalid API key.")
     if key.revoked_at is not None:
         raise Unauthenticated("This API key has been revoked.")
-    now = timezone.now()
-    if key.expires_at is not None and now >= key.expires_at:
-        raise Unauthenticated("This API key has expired.")
     membership = (
         Membership.objects.select_related("organization__tier", "user")
         .filter(user_id=key.user_id, organization_id=key.organization_id)
@@ -80,13 +118,7 @@ def api_key_authenticate(*, secret: str) -> tuple[ApiKey, Membership]:
         raise Unauthenticated("This API key's user is no longer a member of its organization.")
     if not membership.user.is_active:
         raise Unauthenticated("This API key's user is inactive.")
-    tier = membership.organization.tier
-    if not tier.has_feature("api"):
-        raise PermissionDenied(f"The {tier.name} plan does not include API access; keys work once the organization's plan does.")
     key.organization, key.user = membership.organization, membership.user
-    if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-        key.last_used_at = now
     return key, membership
 
 

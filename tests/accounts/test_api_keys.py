@@ -68,7 +68,8 @@ def test_revoked_key_is_a_clear_401(org_a):
 def test_expired_key_is_a_clear_401(org_a):
     key, secret = api_key_create(membership=org_a.member, name="CI", expires_at=timezone.now() + timedelta(days=1))
     assert _call(secret).status_code == 200
-    ApiKey.objects.filter(pk=key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    key.expires_at = timezone.now() - timedelta(seconds=1)
+    key.save(update_fields=["expires_at"])  # a save: every process forgets the key it remembered
     response = _call(secret)
     assert response.status_code == 401
     assert "This API key has expired." in response.content.decode()
@@ -145,3 +146,21 @@ def test_api_keys_page_foreign_key_is_404(org_a, org_b, login, assert_foreign_40
     assert_foreign_404(login(org_a.owner).post(f"/organization/api-keys/{foreign_key.id}/revoke/"))
     assert ApiKey.objects.get(pk=foreign_key.pk).revoked_at is None
     assert "foreign" not in login(org_a.owner).get("/organization/api-keys/").content.decode()
+
+
+@pytest.mark.django_db
+def test_a_remembered_key_is_forgotten_when_it_is_revoked_or_its_plan_changes(
+    org_a, tier_factory, django_assert_num_queries
+):
+    key, secret = api_key_create(membership=org_a.member, name="CI")
+    assert _call(secret).status_code == 200
+    with django_assert_num_queries(0):  # remembered
+        assert _call(secret).status_code == 200
+    tier_factory("pro", features=["tools"])  # staff take API access out of the plan (a save)
+    assert _call(secret).status_code == 403
+    tier_factory("pro", features=["tools", "api"])
+    assert _call(secret).status_code == 200
+    api_key_revoke(membership=org_a.owner, key_id=key.id)
+    response = _call(secret)
+    assert response.status_code == 401
+    assert "This API key has been revoked." in response.content.decode()
