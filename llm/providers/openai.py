@@ -119,9 +119,11 @@ class OpenAIProvider:
         finish = "stop"
         calls: dict[int, list[Any]] = {}  # index → [id, name, argument parts]
         with self.errors(model):
-            # The SDK sends the request (auth, headers, status errors); the chunks are read as plain
-            # JSON: building the SDK's typed object for every chunk cost more than the rest of the relay.
-            async with client.chat.completions.with_streaming_response.create(**kwargs) as response:
+            # The SDK sends the request (auth, headers, retries policy, status errors) and hands back
+            # the raw streaming response, whose chunks are read as plain JSON: building the SDK's
+            # typed request and a typed object for every chunk cost more than the rest of the relay.
+            response = await client.post("/chat/completions", body=kwargs, cast_to=httpx2.Response, stream=True)
+            try:
                 async for chunk in _chunks(response):
                     if chunk.get("usage"):
                         usage = chunk["usage"]
@@ -144,6 +146,8 @@ class OpenAIProvider:
                                 slot[2].append(function["arguments"])
                     if choice.get("finish_reason"):
                         finish = _FINISH.get(choice["finish_reason"], "stop")
+            finally:
+                await response.aclose()
         for index in sorted(calls):
             call_id, name, parts = calls[index]
             arguments, raw = parse_arguments("".join(parts))
@@ -171,14 +175,14 @@ async def _chunks(response: Any) -> AsyncIterator[dict]:
         error = chunk.get("error")
         if error:
             message = error.get("message") if isinstance(error, dict) else None
-            raise openai.APIError(message or "An error occurred during streaming", response.http_request, body=error)
+            raise openai.APIError(message or "An error occurred during streaming", response.request, body=error)
         yield chunk
 
 
 async def _event_data(response: Any) -> AsyncIterator[str]:
     """The `data` of each server-sent event (multi-line data joined), other fields skipped."""
     data: list[str] = []
-    async for line in response.iter_lines():
+    async for line in response.aiter_lines():
         if line.startswith("data:"):
             data.append(line[5:].lstrip())
         elif not line and data:  # a blank line ends the event
