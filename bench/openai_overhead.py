@@ -4,10 +4,12 @@ One run, loopback only, bounded: a tiny fake OpenAI upstream (bench/openai_fake_
 each target — the upstream directly, Parley (API key auth, tier rules, rate limits, budget reservation,
 settlement, call log, on PostgreSQL + Redis), LiteLLM's proxy (bench/.litellm-venv, see
 bench/setup_litellm.sh) — CLIENTS concurrent clients each send REQUESTS streaming completions in turn.
-Prints p50/p99 of time to first token and of the whole answer, and what each proxy adds over direct.
+The targets take turns in ROUNDS rounds (the machine is shared and its load drifts), after a warm-up.
+Prints p50/p99 of time to first token and of the whole answer, each server's CPU time per request
+(its whole process group), and what each proxy adds over direct.
 
     bash bench/setup_litellm.sh          # once
-    .venv/bin/python bench/openai_overhead.py [--clients 50] [--requests 10] [--no-litellm]
+    .venv/bin/python bench/openai_overhead.py [--clients 50] [--requests 10] [--rounds 5] [--no-litellm]
 
 Environment: BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:55432/parley_api, migrated here),
 BENCH_REDIS_URL (default redis://127.0.0.1:6396/0; empty for none).
@@ -149,12 +151,18 @@ async def one_request(client: httpx.AsyncClient, url: str, key: str) -> tuple[fl
     return (first if first is not None else total), total
 
 
-async def run_target(url: str, keys: list[str], clients: int, requests: int) -> dict:
-    limits = httpx.Limits(max_connections=clients + 5, max_keepalive_connections=clients + 5)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        for _ in range(3):  # warm up (imports, connection pools, caches)
+async def warm_up(url: str, keys: list[str], clients: int) -> None:
+    """Imports, connection pools, caches and prepared statements, before anything is measured."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        for _ in range(3):
             await asyncio.gather(*(one_request(client, url, keys[i % len(keys)]) for i in range(min(clients, 20))))
-        results: list[tuple[float, float]] = []
+
+
+async def run_round(url: str, keys: list[str], clients: int, requests: int) -> tuple[list[tuple[float, float]], float]:
+    """CLIENTS concurrent clients, each sending REQUESTS in turn: (ttft, total) of each, and the elapsed time."""
+    limits = httpx.Limits(max_connections=clients + 5, max_keepalive_connections=clients + 5)
+    results: list[tuple[float, float]] = []
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
 
         async def worker(key: str) -> None:
             for _ in range(requests):
@@ -162,7 +170,10 @@ async def run_target(url: str, keys: list[str], clients: int, requests: int) -> 
 
         started = time.perf_counter()
         await asyncio.gather(*(worker(keys[i % len(keys)]) for i in range(clients)))
-        elapsed = time.perf_counter() - started
+    return results, time.perf_counter() - started
+
+
+def summary(results: list[tuple[float, float]], elapsed: float, cpu_seconds: float | None) -> dict:
     ttft = sorted(r[0] for r in results)
     total = sorted(r[1] for r in results)
     return {
@@ -172,6 +183,7 @@ async def run_target(url: str, keys: list[str], clients: int, requests: int) -> 
         "ttft_p99": ttft[min(len(ttft) - 1, int(len(ttft) * 0.99))],
         "total_p50": statistics.median(total),
         "total_p99": total[min(len(total) - 1, int(len(total) * 0.99))],
+        **({"cpu_ms": cpu_seconds * 1000 / len(results)} if cpu_seconds is not None else {}),
     }
 
 
@@ -179,6 +191,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--requests", type=int, default=10, help="requests per client")
+    parser.add_argument("--rounds", type=int, default=5, help="the targets take turns this many times")
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--chunk-delay", type=float, default=0.005)
     parser.add_argument("--no-litellm", action="store_true")
@@ -263,16 +276,23 @@ def main() -> int:
             wait_http(f"http://127.0.0.1:{litellm_port}/health/liveliness", timeout=240)
             targets.append(("litellm", f"http://127.0.0.1:{litellm_port}/v1/chat/completions", [master_key]))
 
-        print(f"{args.clients} concurrent clients ({args.organizations} Parley organization(s)) x {args.requests} streaming requests each; upstream: {args.chunks} chunks, {args.chunk_delay * 1000:.1f} ms apart")
-        results = {}
-        for name, url, key in targets:
-            server_proc = servers.get(name)
-            cpu_before = group_cpu_seconds(server_proc.pid) if server_proc else 0.0
-            results[name] = asyncio.run(run_target(url, key, args.clients, args.requests))
-            if server_proc:  # warm-up requests included
-                warmup = 3 * min(args.clients, 20)
-                cpu = group_cpu_seconds(server_proc.pid) - cpu_before
-                results[name]["cpu_ms"] = cpu * 1000 / (results[name]["n"] + warmup)
+        print(f"{args.clients} concurrent clients ({args.organizations} Parley organization(s)) x {args.requests} streaming requests each, in {args.rounds} interleaved rounds; upstream: {args.chunks} chunks, {args.chunk_delay * 1000:.1f} ms apart")
+        # The targets take turns, a round each, so that the shared machine's ups and downs fall on all of them.
+        for _name, url, keys in targets:
+            asyncio.run(warm_up(url, keys, args.clients))
+        measured: dict[str, tuple[list, float, float]] = {name: ([], 0.0, 0.0) for name, _, _ in targets}
+        per_round = max(1, args.requests // args.rounds)
+        for _ in range(args.rounds):
+            for name, url, keys in targets:
+                server_proc = servers.get(name)
+                cpu_before = group_cpu_seconds(server_proc.pid) if server_proc else 0.0
+                round_results, elapsed = asyncio.run(run_round(url, keys, args.clients, per_round))
+                cpu = group_cpu_seconds(server_proc.pid) - cpu_before if server_proc else 0.0
+                results_so_far, elapsed_so_far, cpu_so_far = measured[name]
+                measured[name] = (results_so_far + round_results, elapsed_so_far + elapsed, cpu_so_far + cpu)
+        results = {
+            name: summary(r, elapsed, cpu if name in servers else None) for name, (r, elapsed, cpu) in measured.items()
+        }
         direct = results["direct"]
         print(f"{'target':<8} {'n':>5} {'req/s':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'total p50':>10} {'total p99':>10} {'CPU/req':>8}   added over direct (p50 / p99 of total)")
         for name, r in results.items():
