@@ -131,7 +131,9 @@ class GeminiProvider:
             base_url=base_url,
             timeout=int(max(timeout.read or 0, timeout.connect or 0) * 1000),
             retry_options=genai_types.HttpRetryOptions(attempts=1),  # Parley's own retry policy only
-            async_client_args={"event_hooks": {"response": [_remember_response]}},
+            # httpx, not aiohttp (which google-genai prefers when installed, and the openai SDK's aiohttp
+            # extra installs): this adapter closes upstream streams and maps errors through httpx.
+            async_client_args={"event_hooks": {"response": [_remember_response]}, "transport": httpx2.AsyncHTTPTransport()},
         )
         # The Client must stay referenced while streaming (its pool closes with it): cached per loop.
         return client_for_loop(("gemini", key, base_url, repr(timeout)),
