@@ -5,6 +5,7 @@ to B's members and keys, and never appear in B's lists.
 """
 
 import itertools
+import logging
 import weakref
 from dataclasses import dataclass
 
@@ -159,3 +160,18 @@ def django_db_setup(django_db_setup, django_db_blocker):
     yield
     with django_db_blocker.unblock():
         close_every_database_connection()
+
+
+# --- SDK clients of finished event loops -----------------------------------------------------------
+# The provider adapters keep one SDK client per event loop (llm.providers.base.client_for_loop). A
+# server process has one loop for its whole life; tests start and end a loop per test or live
+# server, and the aiohttp sessions of those loops are collected unclosed, which aiohttp reports on
+# the `asyncio` logger. Those reports say nothing about the code under test.
+
+
+class _UnclosedSessionsOfEndedLoops(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Unclosed client session", "Unclosed connector"))
+
+
+logging.getLogger("asyncio").addFilter(_UnclosedSessionsOfEndedLoops())
