@@ -149,10 +149,10 @@ def usage_csv(request: HttpRequest) -> HttpResponse:
                     e.input_tokens,
                     e.output_tokens,
                     e.cached_input_tokens,
-                    e.input_per_mtok,
-                    e.output_per_mtok,
-                    e.cached_input_per_mtok,
-                    e.cost,
+                    f"{e.input_per_mtok:f}",  # fixed-point: str() would print zero as 0E-12
+                    f"{e.output_per_mtok:f}",
+                    f"{e.cached_input_per_mtok:f}",
+                    f"{e.cost:f}",
                     int(e.estimated),
                 ]
             )

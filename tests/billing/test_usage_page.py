@@ -196,6 +196,24 @@ def test_csv_export_for_a_date_range(client, org_a, org_b, month):
 
 
 @pytest.mark.django_db
+def test_csv_export_writes_a_free_call_as_plain_zeros(client, org_a):
+    at = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    LedgerEntry.objects.create(
+        organization=org_a.organization, membership=org_a.owner, user_email=org_a.owner.user.email,
+        request_id="free-call", model="demo", provider="demo", input_per_mtok=0, output_per_mtok=0,
+        cached_input_per_mtok=0, cost=0, created_at=at,
+    )  # fmt: skip
+    client.force_login(org_a.owner.user)
+    [row] = read_csv(client.get("/usage/export.csv?start=2026-11-06&end=2026-11-06"))
+    money = ("cost_usd", "input_per_mtok", "output_per_mtok", "cached_input_per_mtok")
+    # Fixed-point at each column's places (prices 6, cost 12); str(Decimal) would say 0E-6 / 0E-12.
+    assert {field: row[field] for field in money} == {
+        "cost_usd": "0.000000000000", "input_per_mtok": "0.000000", "output_per_mtok": "0.000000",
+        "cached_input_per_mtok": "0.000000",
+    }  # fmt: skip
+
+
+@pytest.mark.django_db
 def test_csv_export_for_a_member_is_their_own(client, org_a, month):
     a, _ = month
     client.force_login(org_a.member.user)
