@@ -153,8 +153,8 @@ class Budget(models.Model):
 class PeriodSpend(models.Model):
     """Spend and open reservations of one scope (the organization, or one member) in one period.
 
-    The row is locked (SELECT … FOR UPDATE) while a turn checks and reserves, so concurrent turns
-    cannot both pass a check that only one fits.
+    A turn reserves with one conditional UPDATE (the amount is added only where it still fits the
+    limit), so concurrent turns cannot both pass a check that only one fits (billing.services).
     """
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")

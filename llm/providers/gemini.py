@@ -127,17 +127,20 @@ class GeminiProvider:
     def client(self) -> genai.Client:
         key, base_url = conf.provider_key("gemini"), conf.provider_base_url("gemini") or None
         timeout = http_timeout()
-        options = genai_types.HttpOptions(
-            base_url=base_url,
-            timeout=int(max(timeout.read or 0, timeout.connect or 0) * 1000),
-            retry_options=genai_types.HttpRetryOptions(attempts=1),  # Parley's own retry policy only
-            # httpx, not aiohttp (which google-genai prefers when installed, and the openai SDK's aiohttp
-            # extra installs): this adapter closes upstream streams and maps errors through httpx.
-            async_client_args={"event_hooks": {"response": [_remember_response]}, "transport": httpx2.AsyncHTTPTransport()},
-        )
+
+        def make() -> genai.Client:
+            options = genai_types.HttpOptions(
+                base_url=base_url,
+                timeout=int(max(timeout.read or 0, timeout.connect or 0) * 1000),
+                retry_options=genai_types.HttpRetryOptions(attempts=1),  # Parley's own retry policy only
+                # httpx, not aiohttp (which google-genai prefers when installed, and the openai SDK's
+                # aiohttp extra installs): this adapter closes upstream streams and maps errors through httpx.
+                async_client_args={"event_hooks": {"response": [_remember_response]}, "transport": httpx2.AsyncHTTPTransport()},
+            )
+            return genai.Client(api_key=key, http_options=options)
+
         # The Client must stay referenced while streaming (its pool closes with it): cached per loop.
-        return client_for_loop(("gemini", key, base_url, repr(timeout)),
-                               lambda: genai.Client(api_key=key, http_options=options))
+        return client_for_loop(("gemini", key, base_url, repr(timeout)), make)
 
     def build(self, request: ChatRequest, model: ModelInfo) -> dict[str, Any]:
         config: dict[str, Any] = {"automatic_function_calling": {"disable": True}}
