@@ -1,41 +1,30 @@
-"""The one small error type every app's errors derive from.
+"""Errors of the accounts app. The base, `ParleyError`, lives in config/errors.py (re-exported here);
+its table says how each code is answered on the REST API, `/v1/` and the websocket."""
 
-Interfaces turn a `ParleyError` into the REST error shape, the OpenAI error object or a
-websocket `error` frame; `code` is one of the codes in shared/PROTOCOL.md where one fits.
-"""
+from config.errors import ParleyError
 
-
-class ParleyError(Exception):
-    code = "error"
-    http_status = 400
-
-    def __init__(self, message: str = "", *, code: str | None = None, retry_after: float | None = None):
-        super().__init__(message or self.__class__.__doc__ or self.code)
-        self.message = message or (self.__class__.__doc__ or self.code).strip()
-        if code is not None:
-            self.code = code
-        self.retry_after = retry_after
+__all__ = ["InvalidInput", "NotFound", "ParleyError", "PermissionDenied", "Unauthenticated"]
 
 
 class NotFound(ParleyError):
     """Not found."""
 
     code = "not_found"
-    http_status = 404
 
 
 class PermissionDenied(ParleyError):
     """Your role in this organization may not do that."""
 
     code = "permission_denied"
-    http_status = 403
 
 
 class InvalidInput(ParleyError):
+    """The request is not valid."""
+
     code = "invalid_input"
-    http_status = 400
 
 
 class Unauthenticated(ParleyError):
+    """Authentication is required."""
+
     code = "unauthenticated"
-    http_status = 401

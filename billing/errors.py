@@ -1,13 +1,12 @@
 """Refusals of a turn. Interfaces turn them into the REST, OpenAI or websocket error shape."""
 
-from accounts.errors import ParleyError
+from config.errors import ParleyError
 
 
 class ModelNotAllowed(ParleyError):
     """Your plan does not include this model."""
 
     code = "model_not_allowed"
-    http_status = 403
 
 
 class ModelNotPriced(ModelNotAllowed):
@@ -20,25 +19,21 @@ class MessageTooLong(ParleyError):
     """The message is longer than your plan allows."""
 
     code = "message_too_long"
-    http_status = 400
 
 
 class RateLimitExceeded(ParleyError):
     """Too many requests; try again shortly."""
 
     code = "rate_limited"
-    http_status = 429
 
 
 class BudgetExceeded(ParleyError):
     """The monthly budget is used up."""
 
     code = "budget_exceeded"
-    http_status = 402
 
 
 class ReservationNotFound(ParleyError):
     """No such reservation."""
 
     code = "not_found"
-    http_status = 404

@@ -1,6 +1,7 @@
 """Errors of the conversations app (codes from shared/PROTOCOL.md)."""
 
-from accounts.errors import InvalidInput, NotFound, ParleyError
+from accounts.errors import InvalidInput, NotFound
+from config.errors import ParleyError
 
 
 class ConversationNotFound(NotFound):
@@ -19,14 +20,12 @@ class Busy(ParleyError):
     """An answer is already streaming in this conversation."""
 
     code = "busy"
-    http_status = 409
 
 
 class FrameTooLarge(ParleyError):
     """The frame is larger than the limit."""
 
     code = "frame_too_large"
-    http_status = 413
 
 
 class InvalidTurn(InvalidInput):
