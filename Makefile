@@ -9,4 +9,5 @@ test:  ## the whole suite against private PostgreSQL and Redis
 lint:
 	@bash scripts/bootstrap.sh
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports --no-cache
 	.venv/bin/python manage.py makemigrations --check --dry-run
