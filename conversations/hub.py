@@ -28,18 +28,24 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
+from conversations import frames
 from conversations.db import db_async
 
 if TYPE_CHECKING:
     from conversations.generation import Generation
 
 logger = logging.getLogger(__name__)
+
+# The frame builders moved to conversations.frames; these names stay until every caller uses frames.*.
+started_frame = frames.generation_started
+snapshot_frame = frames.message_snapshot
+finished_frame = frames.generation_finished
+cost_str = frames.cost_str
 
 SYNC_TIMEOUT = 1.5  # seconds to wait for the owning process to answer a snapshot request
 
@@ -98,23 +104,6 @@ class _Follow:
             self.finished.add(message)
             self.last_seq.pop(message, None)
         return True
-
-
-def started_frame(*, message_id, conversation_id, model: str) -> dict:
-    return {
-        "type": "generation.started",
-        "message": {
-            "id": str(message_id),
-            "conversation": str(conversation_id),
-            "role": "assistant",
-            "model": model,
-            "status": "streaming",
-        },
-    }
-
-
-def snapshot_frame(*, message_id, seq: int, content: str) -> dict:
-    return {"type": "message.snapshot", "message": str(message_id), "seq": seq, "content": content}
 
 
 class Hub:
@@ -246,7 +235,7 @@ class Hub:
         if generation is not None:
             await self._snapshot_local(follow, generation)
             return
-        await self._push(follow, started_frame(message_id=message.id, conversation_id=conversation_id, model=message.model))
+        await self._push(follow, frames.generation_started(message_id=message.id, conversation_id=conversation_id, model=message.model))
         await self._sync_remote([follow], conversation_id, str(message.id))
 
     async def _snapshot_local(self, follow: _Follow, generation: Generation) -> None:
@@ -261,7 +250,7 @@ class Hub:
         follow.buffer = []
         try:
             await follow.subscriber.deliver(
-                started_frame(message_id=message, conversation_id=follow.conversation_id, model=generation.model)
+                frames.generation_started(message_id=message, conversation_id=follow.conversation_id, model=generation.model)
             )
             follow.wants(snapshot)
             await follow.subscriber.deliver(snapshot)
@@ -318,10 +307,10 @@ class Hub:
                 follow.pending = None
                 follow.buffer = []
                 continue
-            frames = [snapshot_frame(message_id=message.id, seq=message.last_seq, content=message.content)]
+            replay = [frames.message_snapshot(message_id=message.id, seq=message.last_seq, content=message.content)]
             if message.is_terminal:
-                frames.append(finished_frame(message))
-            follow.buffer = frames + follow.buffer
+                replay.append(frames.generation_finished(message))
+            follow.buffer = replay + follow.buffer
             await self._drain(follow)
 
     async def unfollow(self, subscriber: Subscriber, conversation_id: UUID) -> None:
@@ -480,34 +469,6 @@ def _as_uuid(value) -> UUID | None:
         return UUID(str(value))
     except (TypeError, ValueError):
         return None
-
-
-_COST_QUANTUM = Decimal("0.00000001")  # the decimal places of Message.cost
-
-
-def cost_str(value: Decimal | int) -> str:
-    """A cost as PROTOCOL.md's decimal string: fixed-point at Message.cost's places, never an exponent
-    (`str(Decimal("0E-8"))` would print "0E-8")."""
-    return f"{Decimal(value).quantize(_COST_QUANTUM):f}"
-
-
-def finished_frame(message) -> dict:
-    """`generation.finished` for a saved assistant message."""
-    error = {"code": message.error_code, "message": message.error_message} if message.error_code else None
-    return {
-        "type": "generation.finished",
-        "message": {
-            "id": str(message.id),
-            "status": message.status,
-            "content": message.content,
-            "usage": {
-                "input_tokens": message.input_tokens,
-                "output_tokens": message.output_tokens,
-                "cost": cost_str(message.cost),
-            },
-            "error": error,
-        },
-    }
 
 
 def _streaming_message_sync(conversation_id: UUID):
