@@ -55,6 +55,13 @@ class ToolSpec:
 
 @dataclass(frozen=True)
 class ChatRequest:
+    """One turn. The optional fields carry OpenAI chat-completions parameters with OpenAI's meaning.
+
+    Each adapter forwards what it can in its vendor's shape; what a model cannot honour is named by
+    `llm.registry.unsupported_params(request, model)`, and llm.chat never sends a request to a model
+    that cannot honour it (the primary: InvalidRequest; a fallback: skipped). Unset = None / ().
+    """
+
     model: str  # a registry alias, e.g. "demo", "gpt-5.2-instant"
     messages: tuple[Message, ...]
     request_id: str  # unique per turn; each provider call derives its own id from it
@@ -62,9 +69,35 @@ class ChatRequest:
     tool_choice: str | None = None  # "auto", "none", "required" or a tool name
     max_output_tokens: int | None = None
     temperature: float | None = None
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these (not included)
+    # {"type": "text"} | {"type": "json_object"} |
+    # {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}, "strict": bool}}
+    response_format: dict[str, Any] | None = None
+    seed: int | None = None
+    top_p: float | None = None
+    user: str | None = None  # the end user's id, as the client gave it (vendors use it against abuse)
+    parallel_tool_calls: bool | None = None  # False: at most one tool call per answer
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # the aliases allowed to serve the call, primary first; None: the model and its registry fallbacks
+    models: tuple[str, ...] | None = None
     # for the call log only
     organization_id: UUID | None = None
     user_id: UUID | None = None
+
+    @property
+    def response_format_type(self) -> str | None:
+        """"json_object" / "json_schema", or None when no structured output is asked ("text" or unset)."""
+        kind = (self.response_format or {}).get("type")
+        return kind if kind in ("json_object", "json_schema") else None
+
+    @property
+    def response_schema(self) -> dict[str, Any] | None:
+        """The JSON schema of a json_schema response_format, else None."""
+        if self.response_format_type != "json_schema":
+            return None
+        schema = (self.response_format.get("json_schema") or {}).get("schema")  # type: ignore[union-attr]
+        return schema if isinstance(schema, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -106,6 +139,15 @@ class Finished:
 StreamEvent = TextDelta | ToolCall | ToolResult | Usage | Finished
 
 
+# What a model can honour, by name (see llm.providers.capabilities for each provider's set):
+#   "tools"                        tools and every tool_choice ("auto", "none", "required", a name)
+#   "stop" "seed" "top_p" "user" "presence_penalty" "frequency_penalty"   the parameter of that name
+#   "parallel_tool_calls"          parallel_tool_calls=False (at most one call) can be enforced
+#   "response_format:json_object"  response_format {"type": "json_object"}
+#   "response_format:json_schema"  response_format {"type": "json_schema", ...}
+Feature = str
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     alias: str
@@ -118,10 +160,15 @@ class ModelInfo:
     available: bool = True  # False when the provider has no key configured
     display_name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    features: frozenset[Feature] = frozenset()  # what this model can honour (above); "tools" iff supports_tools
+
+    def supports(self, feature: Feature) -> bool:
+        return feature in self.features
 
 
 class Provider(Protocol):
     name: str
+    supports: frozenset[Feature]  # the features its models can honour (tools also need the row's flag)
 
     def stream(self, request: ChatRequest, model: ModelInfo) -> AsyncIterator[StreamEvent]:
         """Yield TextDelta / ToolCall / Usage / Finished for one provider call.
