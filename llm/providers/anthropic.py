@@ -1,4 +1,10 @@
-"""Anthropic Messages, streamed: the system prompt as its own field (cached when long), tool_use blocks."""
+"""Anthropic Messages, streamed: the system prompt as its own field (cached when long), tool_use blocks.
+
+OpenAI parameters in Anthropic's shape: stop → stop_sequences, top_p, user → metadata.user_id,
+parallel_tool_calls=False → tool_choice.disable_parallel_tool_use, response_format json_schema →
+output_config.format (structured outputs: the schema as given). No seed, no penalties, no json_object
+(llm.providers.capabilities.ANTHROPIC: refused or skipped, never dropped).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import httpx2
 
 from llm import conf
 from llm.errors import LLMError
+from llm.providers import capabilities
 from llm.providers.base import (
     classify,
     client_for_loop,
@@ -61,18 +68,23 @@ def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
     return out
 
 
-def _tool_choice(choice: str | None) -> dict[str, Any] | None:
-    if choice is None:
+def _tool_choice(choice: str | None, parallel_tool_calls: bool | None = None) -> dict[str, Any] | None:
+    if choice is None and parallel_tool_calls is not False:
         return None
-    if choice in ("auto", "none"):
-        return {"type": choice}
-    if choice == "required":
-        return {"type": "any"}
-    return {"type": "tool", "name": choice}
+    if choice in (None, "auto", "none"):
+        out: dict[str, Any] = {"type": choice or "auto"}
+    elif choice == "required":
+        out = {"type": "any"}
+    else:
+        out = {"type": "tool", "name": choice}
+    if parallel_tool_calls is False and out["type"] != "none":
+        out["disable_parallel_tool_use"] = True  # at most one tool_use block
+    return out
 
 
 class AnthropicProvider:
     name = "anthropic"
+    supports = capabilities.ANTHROPIC
 
     def client(self) -> anthropic.AsyncAnthropic:
         key, base_url = conf.provider_key("anthropic"), conf.provider_base_url("anthropic") or None
@@ -92,13 +104,24 @@ class AnthropicProvider:
         system = _system(request.messages)
         if system is not None:
             kwargs["system"] = system
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
+        # anthropic 1.0 took the sampling parameters out of create()'s signature (its migration guide:
+        # send them in the body); the API still takes them on the models that have sampling options
+        sampling = {name: value for name, value in (("temperature", request.temperature), ("top_p", request.top_p))
+                    if value is not None}
+        if sampling:
+            kwargs["extra_body"] = sampling
+        if request.stop:
+            kwargs["stop_sequences"] = list(request.stop)
+        if request.user is not None:
+            kwargs["metadata"] = {"user_id": request.user}
+        schema = request.response_schema
+        if schema is not None:
+            kwargs["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
         if request.tools and model.supports_tools:
             kwargs["tools"] = [
                 {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in request.tools
             ]
-            choice = _tool_choice(request.tool_choice)
+            choice = _tool_choice(request.tool_choice, request.parallel_tool_calls)
             if choice is not None:
                 kwargs["tool_choice"] = choice
         return kwargs

@@ -1,4 +1,10 @@
-"""Gemini through google-genai (streaming, function calling). google-generativeai is ended: not used."""
+"""Gemini through google-genai (streaming, function calling). google-generativeai is ended: not used.
+
+OpenAI parameters in generationConfig: stop → stop_sequences, seed, top_p, presence/frequency_penalty,
+response_format json_object → response_mime_type application/json, json_schema → the same with
+response_json_schema (the JSON schema as given). No end-user id, no parallel_tool_calls switch
+(llm.providers.capabilities.GEMINI: refused or skipped, never dropped).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from google.genai import types as genai_types
 
 from llm import conf, errors
 from llm.errors import LLMError
+from llm.providers import capabilities
 from llm.providers.base import (
     classify,
     client_for_loop,
@@ -123,6 +130,7 @@ async def _remember_response(response: httpx2.Response) -> None:
 
 class GeminiProvider:
     name = "gemini"
+    supports = capabilities.GEMINI
 
     def client(self) -> genai.Client:
         key, base_url = conf.provider_key("gemini"), conf.provider_base_url("gemini") or None
@@ -151,6 +159,17 @@ class GeminiProvider:
             config["max_output_tokens"] = request.max_output_tokens
         if request.temperature is not None:
             config["temperature"] = request.temperature
+        if request.stop:
+            config["stop_sequences"] = list(request.stop)
+        for name in ("seed", "top_p", "presence_penalty", "frequency_penalty"):
+            value = getattr(request, name)
+            if value is not None:
+                config[name] = value
+        if request.response_format_type is not None:
+            config["response_mime_type"] = "application/json"
+            schema = request.response_schema
+            if schema is not None:
+                config["response_json_schema"] = schema
         if request.tools and model.supports_tools:
             config["tools"] = [{"function_declarations": [
                 {"name": t.name, "description": t.description, "parameters_json_schema": t.parameters}

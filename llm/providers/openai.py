@@ -12,6 +12,7 @@ import openai
 
 from llm import conf
 from llm.errors import LLMError
+from llm.providers import capabilities
 from llm.providers.base import (
     classify,
     client_for_loop,
@@ -53,6 +54,7 @@ class OpenAIProvider:
     """Serves both `openai` and `openai_compatible` rows (base URL and key env from the row)."""
 
     name = "openai"
+    supports = capabilities.OPENAI
 
     def _settings(self, model: ModelInfo) -> tuple[str, str | None]:
         if model.provider == "openai_compatible":
@@ -86,6 +88,15 @@ class OpenAIProvider:
             kwargs[key] = request.max_output_tokens
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
+        # the OpenAI parameters, as they are: this is their own API
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        if request.response_format_type is not None:
+            kwargs["response_format"] = request.response_format
+        for name in ("seed", "top_p", "user", "presence_penalty", "frequency_penalty"):
+            value = getattr(request, name)
+            if value is not None:
+                kwargs[name] = value
         if request.tools and model.supports_tools:
             kwargs["tools"] = [
                 {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
@@ -93,6 +104,8 @@ class OpenAIProvider:
             ]
             if request.tool_choice:
                 kwargs["tool_choice"] = _tool_choice(request.tool_choice)
+            if request.parallel_tool_calls is not None:  # OpenAI refuses it without tools
+                kwargs["parallel_tool_calls"] = request.parallel_tool_calls
         return kwargs
 
     @contextmanager
