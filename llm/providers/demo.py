@@ -6,6 +6,12 @@ Triggers in the last user message:
     /fail               stream a few deltas, then fail with ProviderUnavailable
     /echo TEXT          answer exactly TEXT
 Anything else gets a short, readable, deterministic answer.
+
+OpenAI parameters, emulated exactly (docs/demo.md): `stop` cuts the answer before the first stop
+sequence; response_format json_object answers a JSON object, json_schema a JSON instance valid
+against the schema (llm.providers.schema_instance); tool_choice "required" or a tool's name makes it
+call a tool (with arguments generated from the tool's schema when the message gives none). It never
+calls more than one tool at once, and is deterministic whatever the seed and sampling parameters.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import re
 from collections.abc import AsyncIterator
 
 from llm import conf
-from llm.errors import ProviderUnavailable
-from llm.types import ChatRequest, Finished, Message, ModelInfo, StreamEvent, TextDelta, ToolCall, Usage
+from llm.errors import InvalidRequest, ProviderUnavailable
+from llm.providers import capabilities
+from llm.providers.schema_instance import instance
+from llm.types import ChatRequest, Finished, Message, ModelInfo, StreamEvent, TextDelta, ToolCall, ToolSpec, Usage
 
 _PIECES = re.compile(r"\s*\S+|\s+")
 _TOOL = re.compile(r"^/tool\s+([A-Za-z0-9_\-]+)\s*(.*)$", re.DOTALL)
@@ -86,8 +94,45 @@ def _tool_answer(results: list[Message]) -> str:
     return " ".join(parts)
 
 
+def _forced_tool(request: ChatRequest, offered: dict[str, ToolSpec], trigger: str | None) -> str | None:
+    """The tool that tool_choice obliges the model to call ("required": the /tool one, else the first)."""
+    choice = request.tool_choice
+    if choice in (None, "auto", "none"):
+        return None
+    if not offered:
+        raise InvalidRequest(f"tool_choice “{choice}” needs tools, and none were given.", provider="demo")
+    if choice == "required":
+        return trigger if trigger in offered else next(iter(offered))
+    if choice not in offered:
+        raise InvalidRequest(f"tool_choice names “{choice}”, which is not one of the tools.", provider="demo")
+    return choice
+
+
+def _formatted(answer: str, request: ChatRequest) -> str:
+    """The answer in the requested response_format: as it is, a JSON object, or a schema's instance."""
+    kind = request.response_format_type
+    if kind == "json_object":
+        try:
+            value = json.loads(answer)
+        except ValueError:
+            value = None
+        return answer if isinstance(value, dict) else json.dumps({"answer": answer}, ensure_ascii=False)
+    if kind == "json_schema":
+        spec = (request.response_format or {}).get("json_schema") or {}
+        return json.dumps(instance(request.response_schema, name=str(spec.get("name") or "value")),
+                          ensure_ascii=False)
+    return answer
+
+
+def _stopped(answer: str, stop: tuple[str, ...]) -> str:
+    """The answer up to (not including) the earliest stop sequence, as a model stops there."""
+    cuts = [index for index in (answer.find(s) for s in stop if s) if index >= 0]
+    return answer[: min(cuts)] if cuts else answer
+
+
 class DemoProvider:
     name = "demo"
+    supports = capabilities.DEMO
 
     async def stream(self, request: ChatRequest, model: ModelInfo) -> AsyncIterator[StreamEvent]:
         from llm.tokens import count_messages, count_text
@@ -100,37 +145,48 @@ class DemoProvider:
         input_tokens = count_messages(messages)
         fail = False
         tool_call: ToolCall | None = None
+        offered = {tool.name: tool for tool in request.tools} if model.supports_tools else {}
+        trigger = _TOOL.match(prompt)
+        tool_name = _forced_tool(request, offered, trigger.group(1) if trigger else None)
+        if tool_name is None and trigger is not None and not tool_results and request.tool_choice != "none" \
+                and trigger.group(1) in offered:
+            tool_name = trigger.group(1)  # the /tool trigger, when the model may choose
 
-        if tool_results:
-            answer = _tool_answer(tool_results)
-        elif prompt.startswith("/echo"):
-            # exactly the text after "/echo ", from the unstripped message
-            raw = messages[last].content
-            answer = raw[raw.find("/echo") + len("/echo") :].removeprefix(" ")
-        elif prompt.startswith("/long"):
-            answer = _long_answer()
-        elif prompt.startswith("/fail"):
-            answer, fail = "This answer will break off in the middle", True
-        elif (match := _TOOL.match(prompt)) is not None:
-            name, args_text = match.group(1), match.group(2).strip()
-            offered = {tool.name for tool in request.tools}
-            if name in offered and request.tool_choice != "none" and model.supports_tools:
+        if tool_name is not None:
+            if trigger is not None and trigger.group(1) == tool_name and not tool_results:
+                args_text = trigger.group(2).strip()
                 try:
                     arguments = json.loads(args_text or "{}")
                     raw = None if isinstance(arguments, dict) else args_text
                 except ValueError:
                     arguments, raw = {}, args_text
-                tool_call = ToolCall(
-                    id=f"demo_call_{len(after_user) + 1}",
-                    name=name,
-                    arguments=arguments if isinstance(arguments, dict) else {},
-                    raw_arguments=raw,
-                )
-                answer = f"Let me use the {name} tool."
-            else:
-                answer = f"The {name} tool is not available here, so I cannot call it."
+            else:  # obliged by tool_choice, with no arguments to hand: valid ones, from the tool's schema
+                arguments, raw = instance(offered[tool_name].parameters or {"type": "object"}, name=tool_name), None
+            tool_call = ToolCall(
+                id=f"demo_call_{len(after_user) + 1}",
+                name=tool_name,
+                arguments=arguments if isinstance(arguments, dict) else {},
+                raw_arguments=raw,
+            )
+            # with a response_format, a call comes without text (as real models answer)
+            answer = "" if request.response_format_type else f"Let me use the {tool_name} tool."
         else:
-            answer = _plain_answer(prompt)
+            if tool_results:
+                answer = _tool_answer(tool_results)
+            elif prompt.startswith("/echo"):
+                # exactly the text after "/echo ", from the unstripped message
+                raw_text = messages[last].content
+                answer = raw_text[raw_text.find("/echo") + len("/echo") :].removeprefix(" ")
+            elif prompt.startswith("/long"):
+                answer = _long_answer()
+            elif prompt.startswith("/fail"):
+                answer, fail = "This answer will break off in the middle", True
+            elif trigger is not None:
+                answer = f"The {trigger.group(1)} tool is not available here, so I cannot call it."
+            else:
+                answer = _plain_answer(prompt)
+            answer = _formatted(answer, request)
+        answer = _stopped(answer, request.stop)
 
         delay = conf.demo_token_delay()
         limit = request.max_output_tokens or model.max_output_tokens
