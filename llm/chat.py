@@ -12,6 +12,12 @@ skips straight to the fallback. When a model's attempts run out, the next alias 
 is tried; errors that another provider may not have (quota, auth, unconfigured) fall back at once;
 invalid requests and context overflow end the stream (every model would refuse them).
 
+The chain: `request.models` when it is set (exactly those aliases, in order — nothing else is ever
+called), else the model and its registry fallbacks. A primary that cannot honour one of the request's
+parameters (llm.registry.unsupported_params) ends the stream with InvalidRequest before any call;
+fallbacks that cannot honour them, or lack tools when the request sends tools, are skipped.
+`stream.model` is the model that answered (a fallback's, after a fallback).
+
 Timeouts: connect (httpx), first event, and between two events — PARLEY_LLM_* settings (llm/conf.py).
 """
 
@@ -69,12 +75,20 @@ def backoff_delay(attempt: int, retry_after: float | None = None) -> float | Non
 _rows_load = database_sync_to_async(registry.rows_load)
 
 
-async def _resolve_chain(alias: str) -> list[ModelInfo]:
-    """The model and its available fallbacks, in order (the registry rows, kept briefly in memory)."""
+async def _resolve_chain(request: ChatRequest) -> list[ModelInfo]:
+    """The model and its allowed, available fallbacks, in order (the registry rows, kept briefly in memory)."""
     rows = registry.rows_cached()
     if rows is None:
         rows = await _rows_load()
-    return registry.chain_from_rows(alias, rows)
+    return registry.chain_from_rows(request.model, rows, request.models)
+
+
+def _serving(request: ChatRequest, chain: list[ModelInfo]) -> list[ModelInfo]:
+    """The chain that may serve the request: InvalidRequest when the primary cannot honour it."""
+    refused = registry.unsupported_error(request, chain[0])
+    if refused is not None:
+        raise refused
+    return registry.serving_filter(request, chain)
 
 
 @dataclass
@@ -98,7 +112,8 @@ class ChatStream:
         self.toolset = toolset
         self.max_tool_rounds = max(0, max_tool_rounds)
         self.usages: list[Usage] = []
-        self.model: ModelInfo | None = None  # the model that answered (last call)
+        # the model that answered the last call (a fallback's after a fallback), from its first delta on
+        self.model: ModelInfo | None = None
         self._calls = 0
         self._gen = self._run()
         self._closed = False
@@ -171,7 +186,7 @@ class ChatStream:
     async def _run(self) -> AsyncIterator[StreamEvent]:
         try:
             request = self.request
-            chain = await _resolve_chain(request.model)
+            chain = _serving(request, await _resolve_chain(request))
             tools = list(request.tools)
             if self.toolset is not None:
                 names = {t.name for t in tools}
@@ -240,6 +255,7 @@ class ChatStream:
                                     if not text:
                                         attempt.record.time_to_first_token_ms = int(
                                             (time.monotonic() - attempt.started) * 1000)
+                                        self.model = model  # this model is answering (no fallback from here)
                                     text.append(event.text)
                                     yield event
                                 elif kind is ToolCall:
@@ -394,4 +410,6 @@ def stream_chat(request: ChatRequest, *, toolset: ToolSet | None = None, max_too
     return ChatStream(request, toolset=toolset, max_tool_rounds=max_tool_rounds)
 
 
-__all__ = ["ChatStream", "backoff_delay", "stream_chat"]
+unsupported_params = registry.unsupported_params  # re-exported: callers may ask llm.chat as well
+
+__all__ = ["ChatStream", "backoff_delay", "stream_chat", "unsupported_params"]

@@ -35,7 +35,7 @@ def no_fallbacks(monkeypatch):
 
     real = chat._resolve_chain
 
-    async def only_the_model(alias):
-        return (await real(alias))[:1]
+    async def only_the_model(request):
+        return (await real(request))[:1]
 
     monkeypatch.setattr(chat, "_resolve_chain", only_the_model)

@@ -303,3 +303,36 @@ async def test_a_stall_after_a_slow_caller_still_times_out(fake_provider, make_r
                 if len(seen) == 1:
                     await asyncio.sleep(0.5)  # the watchdog fires while the caller is busy
     assert text_of(seen) == "one two "
+
+
+# --- which models may serve a call ------------------------------------------------------------------
+
+
+async def test_a_fallback_without_tools_is_skipped_when_the_request_sends_tools(fake_provider, make_request):
+    from llm.defaults import default_rows
+    from llm.types import ToolSpec
+
+    def add_rows():
+        if not ModelConfig.objects.exists():  # an earlier transactional test flushed the seeded rows
+            ModelConfig.objects.bulk_create(default_rows())
+        ModelConfig.objects.create(alias="no-tools", provider="openai", vendor_model="gpt-no-tools",
+                                   supports_tools=False)
+
+    await sync_to_async(add_rows)()
+    spec = ToolSpec("lookup", "Look something up.", {"type": "object", "properties": {}})
+    fake_provider.openai.script([overloaded(), overloaded(), overloaded(), reply("never")])
+    fake_provider.gemini.script([reply("gemini has tools")])
+
+    stream = stream_chat(make_request("gpt-5.2-instant", "Hi", tools=(spec,),
+                                      models=("gpt-5.2-instant", "no-tools", "gemini-3-flash")))
+    events = await collect(stream)
+
+    assert text_of(events) == "gemini has tools" and stream.model.alias == "gemini-3-flash"
+    assert [r.model for r in fake_provider.openai.requests] == ["gpt-5.2-chat-latest"] * 3  # never gpt-no-tools
+    assert fake_provider.gemini.last_request.body["tools"]
+
+    # as the primary, it is refused: the client's tools would be dropped
+    with pytest.raises(errors.InvalidRequest) as raised:
+        await collect(stream_chat(make_request("no-tools", "Hi", tools=(spec,))))
+    assert raised.value.param == "tools"
+    assert len(fake_provider.openai.requests) == 3
