@@ -8,7 +8,8 @@ talk to it through their base URLs:
     Gemini     POST {url}/{v1|v1beta}/models/M:streamGenerateContent?alt=sse   (base_url = {url})
 
 Each vendor has its own queue of steps (tests/fakeprovider/script.py); a request takes the next one,
-or `default` when the queue is empty. Every request is recorded (`.requests`).
+or `default` when the queue is empty. Every request is recorded (`.requests`), with the generation
+parameters it carried in its vendor's own shape (`RecordedRequest.params`).
 """
 
 from __future__ import annotations
@@ -28,12 +29,39 @@ from .script import FakeError, Reply, Step, reply
 STALL_LIMIT = 60.0  # a stalled stream is released at the latest after this, or when the test ends
 
 
+# The generation parameters of each vendor's request body, by their wire names (RecordedRequest.params).
+PARAMETERS: dict[str, tuple[str, ...]] = {
+    "openai": ("stop", "response_format", "seed", "top_p", "user", "parallel_tool_calls", "presence_penalty",
+               "frequency_penalty", "tool_choice", "temperature", "max_tokens", "max_completion_tokens"),
+    "anthropic": ("stop_sequences", "output_config", "top_p", "metadata", "tool_choice", "temperature",
+                  "max_tokens", "top_k"),
+    # Gemini: the fields of generationConfig, plus toolConfig
+    "gemini": ("stopSequences", "responseMimeType", "responseJsonSchema", "responseSchema", "seed", "topP",
+               "presencePenalty", "frequencyPenalty", "temperature", "maxOutputTokens", "topK", "toolConfig"),
+}
+
+
 @dataclass
 class RecordedRequest:
     method: str
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    vendor: str = ""  # "openai" | "anthropic" | "gemini"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The generation parameters this request carried, as its vendor names them (absent: not sent).
+
+        OpenAI: top-level `stop`, `response_format`, `seed`, `top_p`, `user`, `parallel_tool_calls`, the
+        penalties, `tool_choice`…; Anthropic: `stop_sequences`, `output_config`, `top_p`, `metadata`,
+        `tool_choice`…; Gemini: the fields of `generationConfig` (`stopSequences`, `responseMimeType`,
+        `responseJsonSchema`, `seed`, `topP`, `presencePenalty`…) and `toolConfig`.
+        """
+        source = self.body
+        if self.vendor == "gemini":
+            source = {**(self.body.get("generationConfig") or {}), "toolConfig": self.body.get("toolConfig")}
+        return {name: source[name] for name in PARAMETERS.get(self.vendor, ()) if source.get(name) is not None}
 
     @property
     def model(self) -> str:
@@ -185,7 +213,8 @@ class _Handler(BaseHTTPRequestHandler):
         if vendor is None:
             self._send_json(404, {"error": {"message": f"unknown path {path}"}})
             return
-        recorded = RecordedRequest("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        recorded = RecordedRequest("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body,
+                                   vendor.name)
         step = vendor._take(recorded)
         release = self.fake._release
         renderer = _RENDERERS[vendor.name](self, body, release)
