@@ -33,7 +33,8 @@ from django.db import connection  # noqa: E402
 from accounts.models import Membership, Organization, Role, Tier, User  # noqa: E402
 from billing.limits import limiter  # noqa: E402
 from billing.models import Price  # noqa: E402
-from billing.services import turn_authorize, turn_settle  # noqa: E402
+from billing.reservations import turn_authorize  # noqa: E402
+from billing.settlement import turn_settle  # noqa: E402
 from llm.types import Usage  # noqa: E402
 
 MODEL = "bench-model"

@@ -34,7 +34,7 @@ from django.utils import timezone  # noqa: E402
 from accounts.models import Membership, Organization, Role, Tier, User  # noqa: E402
 from billing.models import DailyUsage, LedgerEntry, RollupState  # noqa: E402
 from billing.selectors import budget_statuses, usage_report  # noqa: E402
-from billing.services import usage_rollup  # noqa: E402
+from billing.usage import usage_rollup  # noqa: E402
 
 MODELS = ["gpt-5.2-instant", "gpt-5.2", "claude-sonnet-4-5", "claude-haiku-4-5", "gemini-3-flash", "gemini-2.5-flash"]
 COLUMNS = (

@@ -7,6 +7,7 @@ class BillingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        import billing.tasks  # noqa: F401  (registers the tasks billing.alerts enqueues by name, in every process)
         from billing.models import Price
         from billing.selectors import prices_forget
 

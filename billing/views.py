@@ -17,7 +17,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.errors import NotFound, ParleyError
 from accounts.selectors import member_get_in_organization, organization_members
-from billing import selectors, services
+from billing import budgets, selectors
 from billing.periods import period_end, period_start
 
 CHART_WIDTH = 720
@@ -183,7 +183,7 @@ def member_budget(request: HttpRequest, membership_id: UUID) -> HttpResponse:
         messages.error(request, "Enter a budget in US dollars, e.g. 25 or 12.50, or leave it empty for none.")
         return redirect("billing:usage")
     try:
-        services.member_budget_set(actor=actor, member=member, monthly_limit_usd=amount)
+        budgets.member_budget_set(actor=actor, member=member, monthly_limit_usd=amount)
     except ParleyError as error:
         messages.error(request, error.message)
         return redirect("billing:usage")

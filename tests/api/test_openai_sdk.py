@@ -9,8 +9,8 @@ from decimal import Decimal
 import openai
 import pytest
 
+from billing.budgets import organization_budget_set
 from billing.models import LedgerEntry, Reservation
-from billing.services import organization_budget_set
 from conversations.models import Conversation, Message
 from llm.models import ProviderCall
 from tests.fakeprovider.script import reply, tool_call

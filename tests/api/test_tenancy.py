@@ -19,7 +19,8 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from accounts.services import invitation_create
-from billing.services import turn_authorize, turn_settle
+from billing.reservations import turn_authorize
+from billing.settlement import turn_settle
 from conversations.models import Conversation, Message
 from llm.types import Usage
 

@@ -22,7 +22,8 @@ from django.db import connection  # noqa: E402
 
 from accounts.errors import ParleyError  # noqa: E402
 from accounts.models import Membership  # noqa: E402
-from billing.services import turn_authorize, turn_settle  # noqa: E402
+from billing.reservations import turn_authorize  # noqa: E402
+from billing.settlement import turn_settle  # noqa: E402
 from llm.types import Usage  # noqa: E402
 
 

@@ -10,8 +10,9 @@ import pytest
 from accounts.models import Membership, Tier
 from billing import limits
 from billing.models import Price
+from billing.reservations import rate_limit_policies_forget, turn_authorize
 from billing.selectors import prices_forget
-from billing.services import rate_limit_policies_forget, turn_authorize, turn_settle
+from billing.settlement import turn_settle
 from llm.types import Usage
 
 TEST_MODEL = "test-model"

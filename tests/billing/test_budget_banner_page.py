@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing.services import organization_budget_set
+from billing.budgets import organization_budget_set
 
 from .conftest import authorize, settle
 

@@ -5,9 +5,10 @@ from unittest import mock
 import pytest
 from django.core import mail
 
+from billing.alerts import budget_alerts_sweep
+from billing.budgets import member_budget_set, organization_budget_set
 from billing.errors import BudgetExceeded, MessageTooLong, ModelNotAllowed
 from billing.models import PeriodSpend
-from billing.services import budget_alerts_sweep, member_budget_set, organization_budget_set
 
 from .conftest import authorize, fresh, settle, usage_for
 

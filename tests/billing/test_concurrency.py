@@ -15,8 +15,8 @@ from django.conf import settings
 from django.db import connection
 
 from accounts.errors import ParleyError
+from billing.budgets import member_budget_set, organization_budget_set
 from billing.models import LedgerEntry, PeriodSpend, Reservation, ReservationStatus
-from billing.services import member_budget_set, organization_budget_set
 
 from .conftest import authorize, ensure_test_model, fresh, settle
 

@@ -8,7 +8,7 @@ from billing import limits
 from billing.errors import RateLimitExceeded
 from billing.limits import MemoryWindows, RateLimiter, Scope
 from billing.models import RateLimitPolicy
-from billing.services import rate_limit_policies_forget
+from billing.reservations import rate_limit_policies_forget
 
 from .conftest import authorize, ensure_test_model, settle, usage_for
 
@@ -159,8 +159,8 @@ def test_redis_down_falls_back_to_memory(caplog):
 def test_turns_go_on_and_budgets_hold_while_redis_is_down(org_a, settings, caplog):
     from decimal import Decimal
 
+    from billing.budgets import organization_budget_set
     from billing.errors import BudgetExceeded
-    from billing.services import organization_budget_set
 
     set_limits(rpm=2, tpm=10**9)
     settings.BILLING_RATELIMIT_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from billing.models import LedgerEntry, PeriodSpend, Reservation, ReservationStatus
-from billing.services import reservations_release_expired
+from billing.settlement import reservations_release_expired
 from billing.tasks import reservations_release_expired as release_task
 
 from .conftest import authorize, settle, usage_for
@@ -132,7 +132,7 @@ def test_release_task_runs_the_service(org_a, test_model):
 
 @pytest.mark.django_db
 def test_a_tool_loop_reserves_every_call_it_may_make(org_a, test_model):
-    from billing.services import turn_authorize
+    from billing.reservations import turn_authorize
 
     from .conftest import fresh, request_id
 

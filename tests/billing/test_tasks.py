@@ -9,8 +9,8 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from billing import tasks
+from billing.budgets import organization_budget_set
 from billing.models import DailyUsage, LedgerEntry, RollupState
-from billing.services import organization_budget_set
 
 from .conftest import authorize, settle
 

@@ -11,10 +11,11 @@ from unittest import mock
 import pytest
 from django.template.loader import render_to_string
 
+from billing.budgets import organization_budget_set
 from billing.context_processors import budget_banner
 from billing.models import Budget, DailyUsage, LedgerEntry
 from billing.selectors import usage_report
-from billing.services import organization_budget_set, usage_rollup
+from billing.usage import usage_rollup
 
 from .conftest import authorize, fresh, settle
 

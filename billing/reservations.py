@@ -1,0 +1,302 @@
+"""Authorize a turn: the tier's rules, the price, the rate limits, the reservation of the worst case.
+
+Every entry point goes through `turn_authorize` before a provider is called (and through
+billing.settlement.turn_settle after, whatever the outcome of the call).
+
+Budgets are checked against `PeriodSpend` rows — one for the organization and one for the member
+per calendar month (UTC). A reservation is one conditional UPDATE of both rows (`reserved` grows only
+where the amount still fits the limit), so concurrent turns cannot both pass a check only one fits,
+and each row is locked only from that statement to the commit: every turn of an organization passes
+through its row, so the time it is held bounds the organization's turns per second. Rows are always
+locked in id order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from uuid import UUID
+
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from accounts.models import ApiKey, Membership
+from billing.alerts import BudgetWatch, alerted_up_to
+from billing.counters import counters_locked_in_id_order, period_counters
+from billing.errors import BudgetExceeded, MessageTooLong, ModelNotAllowed, ModelNotPriced, RateLimitExceeded
+from billing.limits import Scope, limiter
+from billing.models import PeriodSpend, RateLimitPolicy, Reservation
+from billing.money import ZERO, usd
+from billing.periods import period_end, period_start
+from billing.selectors import price_for
+
+logger = logging.getLogger(__name__)
+
+
+def _reservation_ttl() -> timedelta:
+    # Longer than any generation may run: after this the sweeper assumes the process died.
+    return timedelta(seconds=getattr(settings, "BILLING_RESERVATION_TTL_SECONDS", 15 * 60))
+
+
+@dataclass(frozen=True)
+class TurnAuthorization:
+    reservation_id: UUID
+    request_id: str
+    model: str
+    max_output_tokens: int
+    reserved_cost: Decimal
+    # The reservation's time and counters, so settling need not read them again.
+    created_at: datetime | None = None
+    counter_ids: tuple[int, ...] = ()
+    budget_watch: tuple[BudgetWatch, ...] = field(default=(), compare=False)
+
+
+# --- rate-limit scopes -------------------------------------------------------------------------
+
+
+_POLICY_TTL = 30.0
+_policies: dict[int, tuple[float, RateLimitPolicy | None]] = {}
+
+
+def _policy(tier_id: int) -> RateLimitPolicy | None:
+    """The tier's per-member/per-key limits, cached for 30 s per process (edited rarely, read every turn)."""
+    now = time.monotonic()
+    cached = _policies.get(tier_id)
+    if cached is None or cached[0] < now:
+        cached = (now + _POLICY_TTL, RateLimitPolicy.objects.filter(tier_id=tier_id).first())
+        _policies[tier_id] = cached
+    return cached[1]
+
+
+def rate_limit_policies_forget() -> None:
+    _policies.clear()
+    _model_limits.clear()
+
+
+def rate_limit_scopes(*, membership: Membership, api_key: ApiKey | None = None) -> list[Scope]:
+    tier = membership.organization.tier
+    policy = _policy(tier.id)
+
+    def pick(value: int | None, default: int) -> int:
+        return default if value is None else value
+
+    scopes = [
+        Scope(f"org:{membership.organization_id}", tier.requests_per_minute, tier.tokens_per_minute),
+        Scope(
+            f"member:{membership.id}",
+            pick(policy and policy.member_requests_per_minute, tier.requests_per_minute),
+            pick(policy and policy.member_tokens_per_minute, tier.tokens_per_minute),
+        ),
+    ]
+    if api_key is not None:
+        scopes.append(
+            Scope(
+                f"key:{api_key.id}",
+                pick(policy and policy.api_key_requests_per_minute, tier.requests_per_minute),
+                pick(policy and policy.api_key_tokens_per_minute, tier.tokens_per_minute),
+            )
+        )
+    return scopes
+
+
+_model_limits: dict[str, tuple[float, int | None]] = {}
+
+
+def _model_output_limit(model: str) -> int | None:
+    """The model's most output tokens from the llm registry (cached 30 s per process), or None."""
+    now = time.monotonic()
+    cached = _model_limits.get(model)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    try:
+        from llm.registry import model_get
+    except ImportError:
+        return None
+    from llm.errors import LLMError
+
+    try:
+        with transaction.atomic():  # a savepoint: a failed lookup must not break the caller's transaction
+            limit = model_get(model).max_output_tokens
+    except LLMError:  # unknown or unconfigured: the turn itself reports that; billing only clamps
+        limit = None
+    except DatabaseError:
+        logger.exception("model registry lookup failed for %s", model)
+        return None
+    _model_limits[model] = (now + _POLICY_TTL, limit)
+    return limit
+
+
+def turn_authorize(
+    *,
+    membership: Membership,
+    api_key: ApiKey | None = None,
+    model: str,
+    prompt_tokens: int,
+    message_chars: int,
+    max_output_tokens: int | None,
+    request_id: str,
+    max_calls: int = 1,
+) -> TurnAuthorization:
+    """Check the tier's rules, the price, the rate limits, then reserve the worst-case cost.
+
+    `max_calls`: how many provider calls the turn may make (a tool loop of N rounds makes N + 1);
+    each later call's prompt is counted as growing by a whole answer, so the reservation still
+    covers the worst case and the budget cannot be overshot.
+
+    Raises ModelNotAllowed, ModelNotPriced, MessageTooLong, RateLimitExceeded or BudgetExceeded.
+    Authorizing the same request id twice returns the first authorization.
+    """
+    organization = membership.organization
+    tier = organization.tier
+    if not tier.allows_model(model):
+        raise ModelNotAllowed(f"The {tier.name} plan does not include the model “{model}”.")
+    if message_chars > tier.max_message_chars:
+        raise MessageTooLong(
+            f"The message is {message_chars} characters long; the {tier.name} plan allows {tier.max_message_chars}."
+        )
+    now = timezone.now()
+    price = price_for(model, now)
+    if price is None:
+        raise ModelNotPriced(f"The model “{model}” has no price in effect, so it cannot be used.")
+
+    limits = [tier.max_output_tokens]
+    model_limit = _model_output_limit(model)
+    if model_limit:
+        limits.append(model_limit)
+    if max_output_tokens:
+        limits.append(max_output_tokens)
+    output_tokens = max(1, min(limits))
+    calls = max(1, max_calls)
+    worst_case = sum(
+        (price.cost(input_tokens=max(0, prompt_tokens) + n * output_tokens, output_tokens=output_tokens) for n in range(calls)),
+        ZERO,
+    )
+
+    verdict = limiter().admit(rate_limit_scopes(membership=membership, api_key=api_key))
+    if not verdict.allowed:
+        raise RateLimitExceeded(
+            f"Rate limit reached; try again in {int(verdict.retry_after)} s.", retry_after=verdict.retry_after
+        )
+
+    try:
+        return _reserve(
+            membership=membership,
+            api_key=api_key,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            output_tokens=output_tokens,
+            amount=worst_case,
+            request_id=request_id,
+            now=now,
+        )
+    except IntegrityError:
+        # The same request id was authorized before (a retried turn): that authorization stands.
+        existing = Reservation.objects.filter(request_id=request_id, organization_id=organization.id).first()
+        if existing is None:
+            raise
+        return TurnAuthorization(
+            reservation_id=existing.id,
+            request_id=existing.request_id,
+            model=existing.model,
+            max_output_tokens=existing.max_output_tokens,
+            reserved_cost=existing.amount,
+            created_at=existing.created_at,
+            counter_ids=tuple(i for i in (existing.org_counter_id, existing.member_counter_id) if i),
+        )
+
+
+def _reserve(
+    *,
+    membership: Membership,
+    api_key: ApiKey | None,
+    model: str,
+    prompt_tokens: int,
+    output_tokens: int,
+    amount: Decimal,
+    request_id: str,
+    now: datetime,
+) -> TurnAuthorization:
+    organization = membership.organization
+    org_counter, member_counter = period_counters(
+        organization_id=organization.id, membership_id=membership.id, start=period_start(now)
+    )
+    # The organization's budget: a staff override, else its tier's; the member's own, if one is set.
+    org_limit = org_counter.org_budget if org_counter.org_budget is not None else organization.tier.monthly_budget_usd
+    member_limit = member_counter.member_budget
+    checks = [(org_counter, org_limit, "The organization's monthly budget")]
+    if member_limit is not None:
+        checks.append((member_counter, member_limit, "Your monthly budget"))
+
+    def fits(counter: PeriodSpend, limit: Decimal | None) -> Q:
+        if limit is None:
+            return Q(id=counter.id)
+        # At 100 % every turn is refused, even one of a free model.
+        return Q(id=counter.id, spent__lt=limit, reserved__lte=limit - amount - F("spent"))
+
+    counter_ids = tuple(sorted((org_counter.id, member_counter.id)))
+    fitting = fits(org_counter, org_limit) | fits(member_counter, member_limit)
+    try:
+        with transaction.atomic():
+            reservation = Reservation.objects.create(
+                organization=organization,
+                membership=membership,
+                api_key=api_key,
+                request_id=request_id,
+                model=model,
+                prompt_tokens=max(0, prompt_tokens),
+                max_output_tokens=output_tokens,
+                amount=amount,
+                org_counter=org_counter,
+                member_counter=member_counter,
+                created_at=now,
+                expires_at=now + _reservation_ttl(),
+            )
+            # Last, so the rows stay locked only until the commit right after.
+            if counters_locked_in_id_order(counter_ids).filter(fitting).update(reserved=F("reserved") + amount) != 2:
+                raise _DoesNotFit
+    except _DoesNotFit:
+        raise _budget_refusal(checks=checks, amount=amount, now=now) from None
+    return TurnAuthorization(
+        reservation_id=reservation.id,
+        request_id=request_id,
+        model=model,
+        max_output_tokens=output_tokens,
+        reserved_cost=amount,
+        created_at=now,
+        counter_ids=counter_ids,
+        budget_watch=tuple(
+            BudgetWatch(counter.id, counter.spent, limit, alerted_up_to(counter)) for counter, limit, _ in checks if limit
+        ),
+    )
+
+
+class _DoesNotFit(Exception):
+    """Rolls back a reservation whose amount does not fit a budget."""
+
+
+def _budget_refusal(*, checks: list, amount: Decimal, now: datetime) -> BudgetExceeded:
+    """The refusal, saying which budget is short and by how much (read again: other turns may have moved it)."""
+    resets_at = period_end(now)
+    current = PeriodSpend.objects.in_bulk([counter.id for counter, _, _ in checks])
+    for counter, limit, what in checks:
+        counter = current.get(counter.id, counter)
+        if counter.spent >= limit or counter.spent + counter.reserved + amount > limit:
+            used_up = counter.spent >= limit
+            detail = (
+                f"{what} of {usd(limit)} is used up"
+                if used_up
+                else f"{what} of {usd(limit)} has {usd(max(ZERO, limit - counter.spent - counter.reserved))} "
+                f"left, less than this message may cost ({usd(amount)})"
+            )
+            break
+    else:  # it fitted when read again: another turn's reservation was released in between
+        detail = f"The monthly budget has less left than this message may cost ({usd(amount)})"
+    return BudgetExceeded(
+        f"{detail}; it resets on {resets_at:%Y-%m-%d} at 00:00 UTC.",
+        retry_after=max(1.0, (resets_at - now).total_seconds()),
+    )
