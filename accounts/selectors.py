@@ -55,16 +55,19 @@ def member_get_in_organization(*, organization: Organization, membership_id: UUI
 
 # Every API call authenticates its key: the key and its member are kept per process for a few
 # seconds, and forgotten by every process as soon as any key, membership, user, organization or tier
-# is saved or deleted anywhere (a generation mark in the shared cache, read on each call).
+# is saved or deleted anywhere (a generation mark in the shared cache, read on each call). Open
+# websockets re-check their member (and key) the same way before each turn: membership_refresh.
 KEY_CACHE_SECONDS = 10.0
 _GENERATION = "accounts:auth-generation"
 _keys: dict[str, tuple[float, str | None, ApiKey, Membership]] = {}
+_members: dict[UUID, tuple[float, str | None, Membership]] = {}  # session members (membership_refresh)
 
 
 def auth_generation_bump(**_) -> None:
     """Forget every process's remembered keys (connected to saves and deletes of the models they use)."""
     cache.set(_GENERATION, uuid4().hex, None)
     _keys.clear()
+    _members.clear()
 
 
 def api_key_authenticate(*, secret: str) -> tuple[ApiKey, Membership]:
@@ -77,7 +80,10 @@ def api_key_authenticate(*, secret: str) -> tuple[ApiKey, Membership]:
     """
     if not secret:
         raise Unauthenticated("Missing API key.")
-    hashed = hash_api_key(secret)
+    return _api_key_resolve(hash_api_key(secret))
+
+
+def _api_key_resolve(hashed: str) -> tuple[ApiKey, Membership]:
     generation = cache.get(_GENERATION)
     remembered = _keys.get(hashed)
     if remembered is not None and remembered[0] > time.monotonic() and remembered[1] == generation:
@@ -98,6 +104,45 @@ def api_key_authenticate(*, secret: str) -> tuple[ApiKey, Membership]:
         if hashed in _keys:
             _keys[hashed][2].last_used_at = now
     return key, membership
+
+
+_NO_LONGER_A_MEMBER = "You are no longer a member of this organization."
+
+
+def membership_refresh(*, membership: Membership, api_key: ApiKey | None = None) -> tuple[Membership, ApiKey | None]:
+    """The current state of whom a long-lived connection acts as: (membership, api_key), re-read.
+
+    A websocket calls it before each turn (and on subscribe and stop), so a key revoked, a member
+    removed or a plan changed after the socket opened applies to its next frame. Remembered per
+    process like the keys of `api_key_authenticate`, and forgotten with them on every change.
+
+    - With a key: the key is authenticated again (revoked, expired → `Unauthenticated`; a plan
+      without the `api` feature → `PermissionDenied`).
+    - A member no longer in the organization (whichever the credential) → `PermissionDenied`.
+    - A session's user who was deactivated → `Unauthenticated`.
+    """
+    if api_key is not None:
+        try:
+            key, current = _api_key_resolve(api_key.hashed_secret)
+        except Unauthenticated:
+            # Removing a member revokes their keys too: say what happened to the member.
+            if not Membership.objects.filter(user_id=membership.user_id, organization_id=membership.organization_id).exists():
+                raise PermissionDenied(_NO_LONGER_A_MEMBER) from None
+            raise
+        return current, key
+    generation = cache.get(_GENERATION)
+    remembered = _members.get(membership.pk)
+    if remembered is not None and remembered[0] > time.monotonic() and remembered[1] == generation:
+        current = copy.copy(remembered[2])
+    else:
+        current = Membership.objects.select_related("organization__tier", "user").filter(pk=membership.pk).order_by().first()
+        if current is None:
+            raise PermissionDenied(_NO_LONGER_A_MEMBER)
+        _members[membership.pk] = (time.monotonic() + KEY_CACHE_SECONDS, generation, current)
+        current = copy.copy(current)
+    if not current.user.is_active:
+        raise Unauthenticated("This account is inactive.")
+    return current, None
 
 
 def _api_key_load(hashed: str) -> tuple[ApiKey, Membership]:
