@@ -2,8 +2,10 @@
 
 Programs send `Authorization: Bearer <key>` on the upgrade request; a browser cannot set that
 header, so a bearer socket needs no origin check. Browsers come with the session cookie and must
-send an `Origin` that matches an allowed host (cross-site websocket hijacking). With neither, the
-consumer refuses the upgrade (close code 4401) because `scope["membership"]` is None.
+send an `Origin` that matches an allowed host (cross-site websocket hijacking). When neither works,
+`scope["membership"]` is None and `scope["auth_error"]` says why (`Unauthenticated`, or
+`PermissionDenied` for a plan without API access): the consumer accepts the socket and closes it at
+once with 4401 or 4403 (a refused upgrade would reach real clients as a bare HTTP 403).
 """
 
 from urllib.parse import urlparse
@@ -35,10 +37,12 @@ def origin_allowed(origin: bytes | None) -> bool:
 
 @database_sync_to_async
 def _membership_for_bearer(secret: str):
+    """(key, membership, None), or (None, None, the error) for a key that may not open a socket."""
     try:
-        return api_key_authenticate(secret=secret)
-    except (Unauthenticated, PermissionDenied):  # the socket is refused like an anonymous one
-        return None, None
+        key, membership = api_key_authenticate(secret=secret)
+    except (Unauthenticated, PermissionDenied) as error:
+        return None, None, error
+    return key, membership, None
 
 
 @database_sync_to_async
@@ -60,14 +64,23 @@ class MembershipMiddleware:
         scope = dict(scope)
         scope["membership"] = None
         scope["api_key"] = None
+        scope["auth_error"] = None
         secret = bearer_secret(_header(scope, b"authorization"))
         if secret is not None:
-            key, membership = await _membership_for_bearer(secret)
-            scope["membership"], scope["api_key"] = membership, key
+            key, membership, error = await _membership_for_bearer(secret)
+            scope["membership"], scope["api_key"], scope["auth_error"] = membership, key, error
         else:
             user = scope.get("user")
-            if user is not None and user.is_authenticated and origin_allowed(_header(scope, b"origin")):
+            if user is None or not user.is_authenticated:
+                scope["auth_error"] = Unauthenticated(
+                    "Sign in, or send `Authorization: Bearer <API key>` on the upgrade request."
+                )
+            elif not origin_allowed(_header(scope, b"origin")):
+                scope["auth_error"] = Unauthenticated("A session socket needs an Origin header of an allowed host.")
+            else:
                 scope["membership"] = await _membership_for_session(user, scope.get("session"))
+                if scope["membership"] is None:
+                    scope["auth_error"] = PermissionDenied("You are not a member of any organization.")
         return await self.inner(scope, receive, send)
 
 

@@ -74,9 +74,9 @@ async def test_a_free_answer_costs_a_plain_decimal_string_without_exponent(org_a
     assert cost == "0.00000000"
     # A reconnecting subscriber gets the same frame rebuilt from the saved row.
     answer = await database_sync_to_async(Message.objects.get)(id=frames[-1]["message"]["id"])
-    from conversations.hub import cost_str, finished_frame
+    from conversations.frames import cost_str, generation_finished
 
-    assert finished_frame(answer)["message"]["usage"]["cost"] == "0.00000000"
+    assert generation_finished(answer)["message"]["usage"]["cost"] == "0.00000000"
     assert cost_str(Decimal("1.5E-7")) == "0.00000015" and cost_str(Decimal("12.3")) == "12.30000000"
     await wait_idle()
 
@@ -335,9 +335,18 @@ async def test_foreign_conversation_and_message_answer_not_found(org_a, org_b, m
     await wait_idle()
 
 
-async def test_unauthenticated_upgrade_is_refused_with_4401(ws_connect, db):
-    assert await ws_connect(expect_refused=True) == 4401
-    assert await ws_connect(secret="pk_not-a-real-key", expect_refused=True) == 4401
+async def _closed_after_error(client) -> tuple[str, int]:
+    """An accepted socket the server closes at once: (the error frame's code, the close code)."""
+    error = await client.receive()
+    output = await client.communicator.receive_output(timeout=10)
+    assert error["type"] == "error" and output["type"] == "websocket.close", (error, output)
+    return error["code"], output["code"]
+
+
+async def test_unauthenticated_socket_is_closed_with_4401(ws_connect, db):
+    # Accepted, then closed: a refused upgrade reaches real clients as a bare HTTP 403 (test_ws_auth.py).
+    assert await _closed_after_error(await ws_connect()) == ("unauthenticated", 4401)
+    assert await _closed_after_error(await ws_connect(secret="pk_not-a-real-key")) == ("unauthenticated", 4401)
 
 
 def _session_cookie(user) -> str:
@@ -349,9 +358,9 @@ def _session_cookie(user) -> str:
 async def test_session_needs_an_allowed_origin(org_a, ws_connect):
     cookie = await database_sync_to_async(_session_cookie)(org_a.member.user)
     bad = [(b"cookie", cookie.encode()), (b"origin", b"https://evil.example")]
-    assert await ws_connect(headers=bad, expect_refused=True) == 4401
+    assert await _closed_after_error(await ws_connect(headers=bad)) == ("unauthenticated", 4401)
     missing = [(b"cookie", cookie.encode())]
-    assert await ws_connect(headers=missing, expect_refused=True) == 4401
+    assert await _closed_after_error(await ws_connect(headers=missing)) == ("unauthenticated", 4401)
     good = [(b"cookie", cookie.encode()), (b"origin", b"http://localhost:8000")]
     client = await ws_connect(headers=good)
     _, frames = await _finished_turn(client, "/echo via session")
