@@ -253,8 +253,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 frames.generation_started(message_id=answer.id, conversation_id=answer.conversation_id, model=answer.model)
             )
             await self.deliver(frames.generation_finished(answer))
-        # Streaming (or finished): follow, with a snapshot of the answer so far.
-        await self._hub.follow(self, answer.conversation_id)
+        # Streaming (or finished): follow, catching up with the answer so far (told already when finished).
+        await self._hub.follow(self, answer.conversation_id, final=False)
 
     async def _stop(self, frame: dict) -> None:
         message_id = _uuid(frame.get("message"), "message")
@@ -268,7 +268,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise InvalidInput("`after_seq` must be a non-negative integer.")
         await self._recheck()
         await db_async(conversation_get_for_member)(membership=self.membership, conversation_id=conversation_id)
-        await self._hub.follow(self, conversation_id)
+        await self._hub.follow(self, conversation_id, after_seq=after_seq)
 
     async def _unsubscribe(self, frame: dict) -> None:
         conversation_id = _uuid(frame.get("conversation"), "conversation")

@@ -13,10 +13,14 @@ used only to reach other processes:
 
 Every published frame carries this process's id, so a process ignores its own frames coming back.
 
-The channel layer may drop frames (a slow or reconnecting client), so the database is the record:
-a client that sees a gap in `seq` resubscribes and gets a snapshot. Between a snapshot and the live
-deltas there is no gap and no duplicate: a follower registered while a snapshot is pending buffers
-what arrives and replays only the deltas after the snapshot's seq.
+The channel layer may drop frames (a slow or reconnecting client): a client that sees a gap in
+`seq` resubscribes with `after_seq` (the last seq it has) and gets the deltas after it again, replayed
+from the running answer's chunks (here, or by the owning process answering a `hub.sync`); without
+`after_seq`, or when it cannot be replayed, it gets a snapshot. When no process answers, the database
+is the record (a snapshot of the saved text). Between the catch-up and the live deltas there is no
+gap and no duplicate: a follower registered while a catch-up is pending buffers what arrives and
+passes on only the deltas after the catch-up's seq. A follower of a conversation whose answer has
+ended gets that answer's `generation.finished`, read from the database.
 """
 
 from __future__ import annotations
@@ -206,10 +210,16 @@ class Hub:
             self._timers.add(task)
             task.add_done_callback(self._timers.discard)
 
-    async def follow(self, subscriber: Subscriber, conversation_id: UUID) -> None:
-        """Follow a conversation: a snapshot of the answer streaming now (if any), then live frames.
+    async def follow(
+        self, subscriber: Subscriber, conversation_id: UUID, *, after_seq: int | None = None, final: bool = True
+    ) -> None:
+        """Follow a conversation: catch up with the answer streaming now (if any), then live frames.
 
-        Following again (after a gap in seq) sends a fresh snapshot.
+        Catching up is `generation.started`, then the deltas after `after_seq` when they can be
+        replayed (0 <= after_seq <= the answer's seq: the answer runs here, or in a process that
+        answers a `hub.sync`), else a `message.snapshot`. With no answer streaming, `final` sends
+        the `generation.finished` of the conversation's latest answer (read from the database).
+        Following again (after a gap in seq) catches up again.
         """
         self._bind()
         follows = self.follows.setdefault(conversation_id, {})
@@ -218,42 +228,51 @@ class Hub:
             follow = follows[id(subscriber)] = _Follow(subscriber, conversation_id)
         generation = self.generations.get(conversation_id)
         if generation is not None:
-            await self._snapshot_local(follow, generation)
+            await self._catch_up_local(follow, generation, after_seq)
             return
-        if self._layer is None:
-            return
-        # Join the group first, then read the database, so an answer that starts in between is seen.
-        await self._join(conversation_id)
+        if self._layer is not None:
+            # Join the group first, then read the database, so an answer that starts in between is seen.
+            await self._join(conversation_id)
+            generation = self.generations.get(conversation_id)
+            if generation is not None:
+                await self._catch_up_local(follow, generation, after_seq)
+                return
+        message = await _latest_answer(conversation_id)
         generation = self.generations.get(conversation_id)
         if generation is not None:
-            await self._snapshot_local(follow, generation)
+            await self._catch_up_local(follow, generation, after_seq)
             return
-        message = await _streaming_message(conversation_id)
         if message is None:
             return
-        generation = self.generations.get(conversation_id)
-        if generation is not None:
-            await self._snapshot_local(follow, generation)
+        if message.is_terminal:
+            if final:
+                await self._push(follow, frames.generation_finished(message))
             return
+        if self._layer is None:
+            return  # streaming in no process that can be reached (its process died): the sweeper ends it
         await self._push(follow, frames.generation_started(message_id=message.id, conversation_id=conversation_id, model=message.model))
-        await self._sync_remote([follow], conversation_id, str(message.id))
+        await self._sync_remote([follow], conversation_id, str(message.id), after_seq=after_seq)
 
-    async def _snapshot_local(self, follow: _Follow, generation: Generation) -> None:
+    async def _catch_up_local(self, follow: _Follow, generation: Generation, after_seq: int | None) -> None:
         if not generation.announced:
             return  # it has published nothing yet: the follower gets every frame live
         message = str(generation.message_id)
-        follow.last_seq.pop(message, None)
         follow.finished.discard(message)
-        # Taken without awaiting: the snapshot holds exactly the deltas up to its seq.
-        snapshot = generation.snapshot()
+        # Taken without awaiting: the replay (or snapshot) holds exactly the deltas up to seq.
+        replay = _catch_up_frames(generation, after_seq)
+        if replay and replay[0]["type"] == "message.snapshot":
+            follow.last_seq.pop(message, None)
+        else:
+            follow.last_seq[message] = after_seq  # the deltas up to it are the client's already
         follow.pending = message
         follow.buffer = []
         try:
             await follow.subscriber.deliver(
                 frames.generation_started(message_id=message, conversation_id=follow.conversation_id, model=generation.model)
             )
-            follow.wants(snapshot)
-            await follow.subscriber.deliver(snapshot)
+            for frame in replay:
+                if follow.wants(frame):
+                    await follow.subscriber.deliver(frame)
         except Exception:
             self._remove(follow)
             return
@@ -270,14 +289,21 @@ class Hub:
                     return
         follow.pending = None
 
-    async def _sync_remote(self, follows: list[_Follow], conversation_id: UUID, message_id: str) -> None:
-        """Ask the process running the answer for a snapshot; fall back to the database."""
+    async def _sync_remote(
+        self, follows: list[_Follow], conversation_id: UUID, message_id: str, *, after_seq: int | None = None
+    ) -> None:
+        """Ask the process running the answer for the deltas after `after_seq` (or a snapshot); fall
+        back to the database (a snapshot) when it does not answer."""
         nonce = uuid.uuid4().hex
         for follow in follows:
             follow.pending = message_id
             follow.nonce = nonce
             follow.buffer = []
-            follow.last_seq.pop(message_id, None)
+            # Deltas up to after_seq are the client's already (a snapshot in the answer resets this).
+            if after_seq is None:
+                follow.last_seq.pop(message_id, None)
+            else:
+                follow.last_seq[message_id] = after_seq
         await self._layer.group_send(
             group_name(conversation_id),
             {
@@ -286,6 +312,7 @@ class Hub:
                 "conversation": str(conversation_id),
                 "message": message_id,
                 "nonce": nonce,
+                "after_seq": after_seq,
             },
         )
         task = asyncio.ensure_future(self._sync_timeout(follows, nonce))
@@ -421,7 +448,10 @@ class Hub:
                 # From now on this answer's deltas go to the layer too; the snapshot is taken
                 # at the same instant, and the layer keeps the order of our publishes.
                 generation.remote = True
-                snapshot = generation.snapshot()
+                after_seq = message.get("after_seq")
+                replay = _catch_up_frames(generation, after_seq if isinstance(after_seq, int) else None)
+                # A snapshot goes as `frame` (what every version of the hub reads), deltas as `frames`.
+                reply = {"frame": replay[0]} if replay and replay[0]["type"] == "message.snapshot" else {"frames": replay}
                 await self._layer.group_send(
                     group_name(generation.conversation_id),
                     {
@@ -429,7 +459,7 @@ class Hub:
                         "origin": self.process_id,
                         "for": message.get("origin"),
                         "nonce": message.get("nonce"),
-                        "frame": snapshot,
+                        **reply,
                     },
                 )
         elif kind == "hub.stop":
@@ -438,19 +468,21 @@ class Hub:
                 generation.cancel()
 
     async def _on_remote_frame(self, message: dict) -> None:
-        frame = message["frame"]
         target = message.get("for")
         if target is not None:
             if target != self.process_id:
                 return
+            # The answer to our hub.sync: the deltas after the follower's after_seq, or a snapshot.
+            replay = message["frames"] if "frames" in message else [message["frame"]]
             nonce = message.get("nonce")
             for follows in list(self.follows.values()):
                 for follow in list(follows.values()):
                     if follow.nonce == nonce and follow.pending is not None:
                         follow.nonce = None
-                        follow.buffer.insert(0, frame)
+                        follow.buffer[0:0] = replay
                         await self._drain(follow)
             return
+        frame = message["frame"]
         conversation_id = _as_uuid(message.get("conversation"))
         follows = self.follows.get(conversation_id)
         if not follows:
@@ -471,12 +503,29 @@ def _as_uuid(value) -> UUID | None:
         return None
 
 
-def _streaming_message_sync(conversation_id: UUID):
-    from conversations.models import Message, Role, Status
+def _catch_up_frames(generation: Generation, after_seq: int | None) -> list[dict]:
+    """What a follower missed of a running answer: the deltas after `after_seq` when they can be
+    replayed (from the answer's chunks), else a snapshot. Built without awaiting."""
+    seq = generation.seq
+    if after_seq is not None and 0 <= after_seq <= seq:
+        message = str(generation.message_id)
+        chunks = generation.chunks
+        return [frames.delta(message_id=message, seq=n, text=chunks[n - 1]) for n in range(after_seq + 1, seq + 1)]
+    return [generation.snapshot()]
+
+
+_MESSAGE_STATE_FIELDS = (
+    "id", "status", "model", "content", "last_seq", "input_tokens", "output_tokens", "cost", "error_code", "error_message"
+)
+
+
+def _latest_answer_sync(conversation_id: UUID):
+    """The conversation's current (not superseded) assistant message, with what its frames need."""
+    from conversations.models import Message, Role
 
     return (
-        Message.objects.filter(conversation_id=conversation_id, role=Role.ASSISTANT, status=Status.STREAMING)
-        .only("id", "model", "last_seq", "content", "status")
+        Message.objects.filter(conversation_id=conversation_id, role=Role.ASSISTANT, superseded=False)
+        .only(*_MESSAGE_STATE_FIELDS)
         .order_by("-position")
         .first()
     )
@@ -485,17 +534,11 @@ def _streaming_message_sync(conversation_id: UUID):
 def _message_state_sync(message_id: str):
     from conversations.models import Message
 
-    return (
-        Message.objects.filter(id=message_id)
-        .only(
-            "id", "status", "content", "last_seq", "input_tokens", "output_tokens", "cost", "error_code", "error_message"
-        )
-        .first()
-    )
+    return Message.objects.filter(id=message_id).only(*_MESSAGE_STATE_FIELDS).first()
 
 
 # Off the shared database thread (thread_sensitive=False): these reads are independent of each other.
-_streaming_message = db_async(_streaming_message_sync)
+_latest_answer = db_async(_latest_answer_sync)
 _message_state = db_async(_message_state_sync)
 
 _default: Hub | None = None

@@ -279,13 +279,21 @@ async def test_second_subscriber_gets_a_snapshot_then_the_same_deltas(org_a, mem
     await wait_idle()
 
 
-async def test_subscribe_to_an_idle_conversation_sends_nothing_until_a_turn(org_a, member_secret, ws_connect):
+async def test_subscribe_to_an_idle_conversation_tells_the_last_answer_then_the_next_turn(org_a, member_secret, ws_connect):
     secret = await member_secret(org_a.member)
     client = await ws_connect(secret=secret)
     _, frames = await _finished_turn(client)
+    await wait_idle()
+    conversation_id = frames[0]["conversation"]["id"]
     other = await ws_connect(secret=secret)
-    await other.send({"type": "conversation.subscribe", "conversation": frames[0]["conversation"]["id"], "after_seq": 3})
+    await other.send({"type": "conversation.subscribe", "conversation": conversation_id, "after_seq": 3})
+    assert await other.receive() == frames[-1]  # the answer that ended, from the database
     assert await other.nothing_pending()
+    await client.send_message("/echo next", conversation=conversation_id)
+    nxt = await other.until_finished()
+    assert [f["type"] for f in nxt][:2] == ["message.created", "generation.started"]
+    assert nxt[-1]["message"]["content"] == "next"
+    await client.until_finished()
     await wait_idle()
 
 
