@@ -1,4 +1,4 @@
-"""Authorize a turn: the tier's rules, the price, the rate limits, the reservation of the worst case.
+"""Authorize a turn: the tier's rules, the prices, the rate limits, the reservation of the worst case.
 
 Every entry point goes through `turn_authorize` before a provider is called (and through
 billing.settlement.turn_settle after, whatever the outcome of the call).
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -30,7 +31,7 @@ from billing.alerts import BudgetWatch, alerted_up_to
 from billing.counters import counters_locked_in_id_order, period_counters
 from billing.errors import BudgetExceeded, MessageTooLong, ModelNotAllowed, ModelNotPriced, RateLimitExceeded
 from billing.limits import Scope, limiter
-from billing.models import PeriodSpend, RateLimitPolicy, Reservation
+from billing.models import PeriodSpend, Price, RateLimitPolicy, Reservation
 from billing.money import ZERO, usd
 from billing.periods import period_end, period_start
 from billing.selectors import price_for
@@ -47,13 +48,15 @@ def _reservation_ttl() -> timedelta:
 class TurnAuthorization:
     reservation_id: UUID
     request_id: str
-    model: str
-    max_output_tokens: int
+    model: str  # the primary alias
+    max_output_tokens: int  # what the request may ask of any model (each model also stops at its own limit)
     reserved_cost: Decimal
     # The reservation's time and counters, so settling need not read them again.
     created_at: datetime | None = None
     counter_ids: tuple[int, ...] = ()
     budget_watch: tuple[BudgetWatch, ...] = field(default=(), compare=False)
+    # Every alias the reservation covers, the primary first: only these may serve the turn.
+    models: tuple[str, ...] = ()
 
 
 # --- rate-limit scopes -------------------------------------------------------------------------
@@ -131,19 +134,51 @@ def _model_output_limit(model: str) -> int | None:
     return limit
 
 
+def _serving(model: str, models: Sequence[str]) -> tuple[str, ...]:
+    """The primary, then the other aliases that may serve the call, each once, in order."""
+    return tuple(dict.fromkeys((model, *models)))
+
+
+def _worst_case(*, prices: dict[str, Price], output_tokens: int, prompt_tokens: int, calls: int) -> Decimal:
+    """The most the turn can cost: each call on the dearest model that may serve it.
+
+    Each model answers at most its own output limit (llm clamps the request to it); each later
+    call's prompt grows by a whole answer of the most any model may write.
+    """
+    outputs = {alias: min(output_tokens, _model_output_limit(alias) or output_tokens) for alias in prices}
+    return sum(
+        (
+            max(
+                price.cost(input_tokens=max(0, prompt_tokens) + n * output_tokens, output_tokens=outputs[alias])
+                for alias, price in prices.items()
+            )
+            for n in range(calls)
+        ),
+        ZERO,
+    )
+
+
+# --- authorize -----------------------------------------------------------------------------------
+
+
 def turn_authorize(
     *,
     membership: Membership,
     api_key: ApiKey | None = None,
     model: str,
+    models: Sequence[str] = (),
     prompt_tokens: int,
     message_chars: int,
     max_output_tokens: int | None,
     request_id: str,
     max_calls: int = 1,
 ) -> TurnAuthorization:
-    """Check the tier's rules, the price, the rate limits, then reserve the worst-case cost.
+    """Check the tier's rules, the prices, the rate limits, then reserve the worst-case cost.
 
+    `models`: every alias that may serve the call — the primary (`model`) first, then the fallbacks
+    the caller allows (filter them with billing.selectors.models_billable). Each must be in the plan
+    and priced; the reservation covers the dearest of them for every call, and settlement bills the
+    model that really answered at its own price.
     `max_calls`: how many provider calls the turn may make (a tool loop of N rounds makes N + 1);
     each later call's prompt is counted as growing by a whole answer, so the reservation still
     covers the worst case and the budget cannot be overshot.
@@ -153,16 +188,22 @@ def turn_authorize(
     """
     organization = membership.organization
     tier = organization.tier
-    if not tier.allows_model(model):
-        raise ModelNotAllowed(f"The {tier.name} plan does not include the model “{model}”.")
+    serving = _serving(model, models)
+    for alias in serving:
+        if not tier.allows_model(alias):
+            also = "" if alias == model else f" (a fallback of “{model}”)"
+            raise ModelNotAllowed(f"The {tier.name} plan does not include the model “{alias}”{also}.")
     if message_chars > tier.max_message_chars:
         raise MessageTooLong(
             f"The message is {message_chars} characters long; the {tier.name} plan allows {tier.max_message_chars}."
         )
     now = timezone.now()
-    price = price_for(model, now)
-    if price is None:
-        raise ModelNotPriced(f"The model “{model}” has no price in effect, so it cannot be used.")
+    prices: dict[str, Price] = {}
+    for alias in serving:
+        price = price_for(alias, now)
+        if price is None:
+            raise ModelNotPriced(f"The model “{alias}” has no price in effect, so it cannot be used.")
+        prices[alias] = price
 
     limits = [tier.max_output_tokens]
     model_limit = _model_output_limit(model)
@@ -171,10 +212,8 @@ def turn_authorize(
     if max_output_tokens:
         limits.append(max_output_tokens)
     output_tokens = max(1, min(limits))
-    calls = max(1, max_calls)
-    worst_case = sum(
-        (price.cost(input_tokens=max(0, prompt_tokens) + n * output_tokens, output_tokens=output_tokens) for n in range(calls)),
-        ZERO,
+    worst_case = _worst_case(
+        prices=prices, output_tokens=output_tokens, prompt_tokens=prompt_tokens, calls=max(1, max_calls)
     )
 
     verdict = limiter().admit(rate_limit_scopes(membership=membership, api_key=api_key))
@@ -188,6 +227,7 @@ def turn_authorize(
             membership=membership,
             api_key=api_key,
             model=model,
+            models=serving,
             prompt_tokens=prompt_tokens,
             output_tokens=output_tokens,
             amount=worst_case,
@@ -207,6 +247,7 @@ def turn_authorize(
             reserved_cost=existing.amount,
             created_at=existing.created_at,
             counter_ids=tuple(i for i in (existing.org_counter_id, existing.member_counter_id) if i),
+            models=serving,
         )
 
 
@@ -215,6 +256,7 @@ def _reserve(
     membership: Membership,
     api_key: ApiKey | None,
     model: str,
+    models: tuple[str, ...],
     prompt_tokens: int,
     output_tokens: int,
     amount: Decimal,
@@ -272,6 +314,7 @@ def _reserve(
         budget_watch=tuple(
             BudgetWatch(counter.id, counter.spent, limit, alerted_up_to(counter)) for counter, limit, _ in checks if limit
         ),
+        models=models,
     )
 
 

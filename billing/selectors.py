@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -12,7 +13,7 @@ from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from accounts.models import Membership, Organization
+from accounts.models import Membership, Organization, Tier
 from billing.models import Budget, DailyUsage, LedgerEntry, PeriodSpend, Price, RollupState
 from billing.periods import period_end, period_start
 
@@ -40,6 +41,23 @@ def price_for(model: str, at: datetime | None = None) -> Price | None:
 
 def prices_forget(**_) -> None:
     _prices.clear()
+
+
+def models_billable(*, tier: Tier, aliases: Sequence[str], at: datetime | None = None) -> list[str]:
+    """The aliases that may serve a call on this plan: the primary (`aliases[0]`) first, then each
+    fallback the plan includes and that has a price in effect at `at`, in order, each once.
+
+    The primary is kept whatever it is: turn_authorize refuses it with the precise error.
+    """
+    if not aliases:
+        return []
+    at = at or timezone.now()
+    primary = aliases[0]
+    billable = [primary]
+    for alias in aliases[1:]:
+        if alias not in billable and tier.allows_model(alias) and price_for(alias, at) is not None:
+            billable.append(alias)
+    return billable
 
 
 def prices_current() -> list[Price]:
