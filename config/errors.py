@@ -18,7 +18,9 @@ This is the one config module the apps may import: it imports no app.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,3 +252,65 @@ def error_from_llm(exc: BaseException) -> ParleyError:
     if isinstance(exc, llm_errors.LLMError):
         return ParleyError(f"{provider} failed ({type(exc).__name__}).", code="provider_error")
     return ParleyError("Internal error.", code="internal_error")
+
+
+# --- Bodies a client sends ------------------------------------------------------------------
+# The REST API's parser (config/exceptions.py) and the OpenAI-compatible endpoint read JSON with
+# this one function, so both refuse the same bodies the same way.
+
+MAX_JSON_DEPTH = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class InvalidBody(ParleyError):
+    """The request body is not valid JSON."""
+
+    code = "invalid_input"
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_loads_strict(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse a client's JSON body, or raise `InvalidBody` (code `invalid_input`) saying why: not UTF-8,
+    malformed, nested deeper than `max_depth`, a lone surrogate in a string (`"\\ud800"`, which no
+    database or encoder accepts), NaN/Infinity or a number out of range."""
+    if isinstance(raw, bytes | bytearray | memoryview):
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidBody(f"The body is not UTF-8 (invalid byte at offset {exc.start}).") from None
+    else:
+        text = raw
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        value = json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise InvalidBody(f"The JSON is nested deeper than {max_depth} levels.") from None
+    except ValueError as exc:  # json.JSONDecodeError, numbers out of range, too many digits
+        raise InvalidBody(f"Malformed JSON: {str(exc)[:200]}") from None
+    _check_tree(value, max_depth)
+    return value
+
+
+def _check_tree(value: Any, max_depth: int) -> None:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise InvalidBody("A string contains a lone surrogate (such as \\ud800): it is not valid Unicode text.")
+        elif isinstance(item, dict | list):
+            if depth > max_depth:
+                raise InvalidBody(f"The JSON is nested deeper than {max_depth} levels.")
+            children = list(item.keys()) + list(item.values()) if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)

@@ -1,78 +1,60 @@
-"""One error shape for the REST API: `{"error": {"code", "message", "retry_after"}}`.
+"""The REST API's error answers: `{"error": {"code", "message", "retry_after", …}}`, from config/errors.py's table.
 
-`api_exception_handler` is DRF's EXCEPTION_HANDLER: it renders DRF's own exceptions, Django's 404
-and permission errors, and every `accounts.errors.ParleyError` (whatever app raised it) with the
-right status; 429s carry `Retry-After`. The async views (send a message, SSE, stop) use
-`error_response` to answer the same shape.
+`api_exception_handler` is DRF's EXCEPTION_HANDLER: it renders every `ParleyError` (whatever app
+raised it) by the table, and DRF's and Django's own exceptions as the table's codes: a request that
+does not match its schema (malformed JSON, a field of the wrong type, a body too deep or not UTF-8)
+is a 400 `invalid_input` with `fields`; a body over the limit a 413 `payload_too_large` that states
+the limit. The async views and Django's error handlers (config/urls.py) use `error_response`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf
+from rest_framework.parsers import BaseParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
-from accounts.errors import InvalidInput, ParleyError
-
-# Codes whose status is the same wherever they are raised (some apps' classes carry another one).
-STATUS_BY_CODE = {
-    "unauthenticated": 401,
-    "permission_denied": 403,
-    "model_not_allowed": 403,
-    "not_found": 404,
-    "busy": 409,
-    "frame_too_large": 413,
-    "message_too_long": 413,
-    "rate_limited": 429,
-    "budget_exceeded": 429,
-}
+from config.errors import SCHEMA_ERROR_STATUS, InvalidBody, ParleyError, json_loads_strict, rest_error_parts
 
 
-def status_for(error: ParleyError) -> int:
-    if error.code in STATUS_BY_CODE:
-        return STATUS_BY_CODE[error.code]
-    if isinstance(error, InvalidInput):
-        # Well-formed but refused by the service (empty message, nothing to regenerate …).
-        return 422
-    return getattr(error, "http_status", 400) or 400
+def payload_too_large() -> ParleyError:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return ParleyError(f"The request body is larger than the limit of {limit} bytes.", code="payload_too_large")
 
 
-def error_body(code: str, message: str, retry_after: float | None = None, **extra: Any) -> dict:
-    body: dict[str, Any] = {"code": code, "message": message, "retry_after": retry_after}
-    body.update(extra)
-    return {"error": body}
+class JSONParser(BaseParser):
+    """DRF's JSON parser, strict: at most DATA_UPLOAD_MAX_MEMORY_SIZE bytes (413 `payload_too_large`),
+    UTF-8, nested at most config.errors.MAX_JSON_DEPTH deep, no lone surrogates (400 `invalid_input`)."""
+
+    media_type = "application/json"
+    renderer_class = JSONRenderer
+
+    def parse(self, stream, media_type=None, parser_context=None) -> Any:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raw = stream.read() if limit is None else stream.read(limit + 1)
+        if limit is not None and len(raw) > limit:
+            raise payload_too_large()
+        try:
+            return json_loads_strict(raw)
+        except InvalidBody as exc:
+            raise drf.ParseError(exc.message) from None
 
 
-def retry_after_header(retry_after: float | None) -> dict[str, str]:
-    if retry_after is None:
-        return {}
-    return {"Retry-After": str(max(1, math.ceil(retry_after)))}
-
-
-def parley_error_parts(error: ParleyError) -> tuple[int, dict, dict[str, str]]:
-    status = status_for(error)
-    retry_after = error.retry_after
-    if retry_after is not None:
-        retry_after = max(1, math.ceil(retry_after))
-    headers = retry_after_header(retry_after) if status in (429, 503) or retry_after is not None else {}
-    return status, error_body(error.code, error.message, retry_after), headers
-
-
-def error_response(error: ParleyError) -> JsonResponse:
-    """The REST error shape as a plain Django response (for the async views)."""
-    status, body, headers = parley_error_parts(error)
-    return JsonResponse(body, status=status, headers=headers)
+def error_response(error: ParleyError, *, status: int | None = None, **extra: Any) -> JsonResponse:
+    """The REST error shape as a plain Django response (async views, Django's error handlers)."""
+    code, body, headers = rest_error_parts(error, status=status, **extra)
+    return JsonResponse(body, status=code, headers=headers)
 
 
 def _flatten(detail: Any) -> str:
     if isinstance(detail, dict):
-        parts = [f"{key}: {_flatten(value)}" for key, value in detail.items()]
-        return "; ".join(parts)
+        return "; ".join(f"{key}: {_flatten(value)}" for key, value in detail.items())
     if isinstance(detail, list):
         return " ".join(_flatten(item) for item in detail)
     return str(detail)
@@ -87,42 +69,43 @@ _DRF_CODES: list[tuple[type[drf.APIException], str]] = [
     (drf.NotAcceptable, "not_acceptable"),
     (drf.UnsupportedMediaType, "unsupported_media_type"),
     (drf.Throttled, "rate_limited"),
-    (drf.ValidationError, "invalid_input"),
-    (drf.ParseError, "invalid_input"),
 ]
 
 
-def api_exception_handler(exc: Exception, context: dict) -> Response | None:
+def parley_error_of(exc: Exception) -> tuple[ParleyError, int | None, dict] | None:
+    """The ParleyError an exception answers as, the status that overrides the table (schema errors) and
+    extra fields; None for an exception that is a bug (Django's 500 handling and logging take over)."""
     if isinstance(exc, ParleyError):
-        status, body, headers = parley_error_parts(exc)
-        return Response(body, status=status, headers=headers)
+        return exc, None, {}
     if isinstance(exc, Http404):
-        exc = drf.NotFound()
-    elif isinstance(exc, DjangoPermissionDenied):
-        exc = drf.PermissionDenied()
-    elif isinstance(exc, RequestDataTooBig):
-        return Response(error_body("payload_too_large", "The request body is too large."), status=413)
-    if not isinstance(exc, drf.APIException):
-        return None  # a bug: Django's 500 handling (and logging) takes over
-    code = next((code for cls, code in _DRF_CODES if isinstance(exc, cls)), "error")
-    extra: dict[str, Any] = {}
+        return ParleyError("Not found.", code="not_found"), None, {}
+    if isinstance(exc, DjangoPermissionDenied):
+        return ParleyError("You may not do that.", code="permission_denied"), None, {}
+    if isinstance(exc, RequestDataTooBig):
+        return payload_too_large(), None, {}
     if isinstance(exc, drf.ValidationError):
-        message = "The request is not valid: " + _flatten(exc.detail)
-        extra["fields"] = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
-    else:
-        message = _flatten(exc.detail)
-    retry_after = getattr(exc, "wait", None) if isinstance(exc, drf.Throttled) else None
-    headers: dict[str, str] = {}
-    if isinstance(exc, drf.AuthenticationFailed | drf.NotAuthenticated):
+        fields = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        error = ParleyError("The request is not valid: " + _flatten(exc.detail), code="invalid_input")
+        return error, SCHEMA_ERROR_STATUS, {"fields": fields}
+    if isinstance(exc, drf.ParseError):
+        return ParleyError(_flatten(exc.detail), code="invalid_input"), SCHEMA_ERROR_STATUS, {}
+    if isinstance(exc, drf.APIException):
+        code = next((code for cls, code in _DRF_CODES if isinstance(exc, cls)), None)
+        retry_after = getattr(exc, "wait", None) if isinstance(exc, drf.Throttled) else None
+        error = ParleyError(_flatten(exc.detail), code=code or "invalid_input", retry_after=retry_after)
+        return error, None if code else exc.status_code, {}
+    return None
+
+
+def api_exception_handler(exc: Exception, context: dict) -> Response | None:
+    parts = parley_error_of(exc)
+    if parts is None:
+        return None
+    error, status, extra = parts
+    code, body, headers = rest_error_parts(error, status=status, **extra)
+    if code == 401:
         request = context.get("request")
-        authenticator = getattr(request, "_authenticator", None) if request else None
-        headers["WWW-Authenticate"] = 'Bearer realm="parley"'
+        authenticator = getattr(request, "_authenticator", None) if request is not None else None
         if authenticator is not None and hasattr(authenticator, "authenticate_header"):
             headers["WWW-Authenticate"] = authenticator.authenticate_header(request) or headers["WWW-Authenticate"]
-    if retry_after is not None:
-        retry_after = max(1, math.ceil(retry_after))
-        headers.update(retry_after_header(retry_after))
-    status = exc.status_code
-    if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
-        status = 401
-    return Response(error_body(code, message, retry_after, **extra), status=status, headers=headers)
+    return Response(body, status=code, headers=headers)

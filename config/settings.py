@@ -218,8 +218,67 @@ LOGIN_REDIRECT_URL = "/dashboard/"
 LOGIN_URL = "/accounts/login/"
 
 # --- E-mail ---------------------------------------------------------------------------------
+_EMAIL_BACKENDS = {
+    "smtp": "django.core.mail.backends.smtp.EmailBackend",
+    "console": "django.core.mail.backends.console.EmailBackend",
+    "locmem": "django.core.mail.backends.locmem.EmailBackend",
+    "file": "django.core.mail.backends.filebased.EmailBackend",
+    "dummy": "django.core.mail.backends.dummy.EmailBackend",
+}
+
+
+def email_settings_from_url(url: str) -> dict:
+    """Django's EMAIL_* settings from one URL.
+
+    `smtp://user:pass@host:port` (plain SMTP, port 25), `smtp+tls://…` (STARTTLS, port 587),
+    `smtps://…` or `smtp+ssl://…` (TLS from the start, port 465), `console://`, `locmem://`,
+    `dummy://`, `file:///path/to/dir`. User and password are percent-decoded; `?timeout=10` sets
+    EMAIL_TIMEOUT.
+    """
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    tls = scheme == "smtp+tls"
+    ssl = scheme in ("smtps", "smtp+ssl")
+    kind = "smtp" if scheme in ("smtp", "smtp+tls", "smtps", "smtp+ssl") else scheme
+    if kind not in _EMAIL_BACKENDS:
+        raise ImproperlyConfigured(
+            f"EMAIL_URL has an unknown scheme {parts.scheme!r}: use smtp, smtp+tls, smtps, console, locmem, dummy or file"
+        )
+    result: dict = {"EMAIL_BACKEND": _EMAIL_BACKENDS[kind]}
+    if kind == "file":
+        result["EMAIL_FILE_PATH"] = unquote(parts.path) or str(BASE_DIR / "sent-emails")
+    if kind != "smtp":
+        return result
+    if not parts.hostname:
+        raise ImproperlyConfigured("EMAIL_URL names no host (smtp://user:password@host:port)")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ImproperlyConfigured("EMAIL_URL has a port that is not a number") from None
+    result.update(
+        EMAIL_HOST=parts.hostname,
+        EMAIL_PORT=port or (465 if ssl else 587 if tls else 25),
+        EMAIL_HOST_USER=unquote(parts.username or ""),
+        EMAIL_HOST_PASSWORD=unquote(parts.password or ""),
+        EMAIL_USE_TLS=tls,
+        EMAIL_USE_SSL=ssl,
+    )
+    timeout = parse_qs(parts.query).get("timeout")
+    if timeout:
+        try:
+            result["EMAIL_TIMEOUT"] = float(timeout[-1])
+        except ValueError:
+            raise ImproperlyConfigured("EMAIL_URL's timeout is not a number of seconds") from None
+    return result
+
+
 EMAIL_URL = env_str("EMAIL_URL")
-if EMAIL_URL or env_str("EMAIL_HOST"):
+if EMAIL_URL:
+    # One URL says it all (the EMAIL_HOST … variables are ignored then).
+    globals().update(email_settings_from_url(EMAIL_URL))
+elif env_str("EMAIL_HOST"):
     EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
     EMAIL_PORT = env_int("EMAIL_PORT", 587)
@@ -232,6 +291,11 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Parley <noreply@localhost>")
 # Scheme and host used in links of e-mails sent outside a request (invitations use the request's own).
 PARLEY_SITE_URL = env_str("PARLEY_SITE_URL", "http://127.0.0.1:8000")
 
+# --- Request bodies ---------------------------------------------------------------------------
+# The largest body Parley reads, on every endpoint (REST, /v1/, forms): larger ones answer 413
+# `payload_too_large` with this limit in the message (docs/errors.md).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -243,8 +307,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
-    # The API speaks JSON (form bodies cannot say null, and programs send JSON).
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # The API speaks JSON (form bodies cannot say null, and programs send JSON), read strictly: size,
+    # depth, UTF-8 and surrogates are checked (config/exceptions.py), a refusal is a JSON 400 or 413.
+    "DEFAULT_PARSER_CLASSES": ["config.exceptions.JSONParser"],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Parley API",

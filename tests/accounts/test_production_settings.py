@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from config.settings import email_settings_from_url
 
 ROOT = Path(__file__).resolve().parents[2]
 SAFE = {
@@ -19,7 +22,7 @@ SAFE = {
     "ALLOWED_HOSTS": "parley.example.com",
     "CSRF_TRUSTED_ORIGINS": "https://parley.example.com",
 }
-SETTINGS_VARS = set(SAFE) | {"DEBUG", "SQLITE_PATH", "PARLEY_TESTING", "CELERY_TASK_ALWAYS_EAGER", "EMAIL_HOST"}
+SETTINGS_VARS = set(SAFE) | {"DEBUG", "SQLITE_PATH", "PARLEY_TESTING", "CELERY_TASK_ALWAYS_EAGER", "EMAIL_HOST", "EMAIL_URL"}
 LOAD = "import django; django.setup(); from django.conf import settings; print('loaded', settings.ACCOUNT_EMAIL_VERIFICATION)"
 
 
@@ -87,3 +90,52 @@ def test_embedded_default_needs_nothing():
     result = _run(["-c", LOAD], SQLITE_PATH="/tmp/parley-settings-check.sqlite3")
     assert result.returncode == 0, result.stderr
     assert "loaded optional" in result.stdout
+
+
+EMAIL = (
+    "import django; django.setup(); from django.conf import settings as s; "
+    "print(s.EMAIL_BACKEND, s.EMAIL_HOST, s.EMAIL_PORT, s.EMAIL_HOST_USER, s.EMAIL_HOST_PASSWORD, "
+    "s.EMAIL_USE_TLS, s.EMAIL_USE_SSL)"
+)
+
+
+def test_email_url_configures_smtp():
+    """EMAIL_URL was read and then ignored: the connection came from EMAIL_HOST … (localhost:587)."""
+    result = _run(
+        ["-c", EMAIL], SQLITE_PATH="/tmp/parley-settings-check.sqlite3", EMAIL_URL="smtp+tls://mailer:p%40ss@mail.example.com:2525"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "django.core.mail.backends.smtp.EmailBackend", "mail.example.com", "2525", "mailer", "p@ss", "True", "False",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("smtp://u:pw@mx.example.org", {"EMAIL_HOST": "mx.example.org", "EMAIL_PORT": 25, "EMAIL_HOST_USER": "u",
+                                        "EMAIL_HOST_PASSWORD": "pw", "EMAIL_USE_TLS": False, "EMAIL_USE_SSL": False}),
+        ("smtp+tls://u:pw@mx.example.org", {"EMAIL_PORT": 587, "EMAIL_USE_TLS": True, "EMAIL_USE_SSL": False}),
+        ("smtps://u:a%2Fb%3Ac@mx.example.org", {"EMAIL_PORT": 465, "EMAIL_USE_SSL": True, "EMAIL_USE_TLS": False,
+                                                 "EMAIL_HOST_PASSWORD": "a/b:c"}),
+        ("smtp+ssl://mx.example.org:1465?timeout=7", {"EMAIL_PORT": 1465, "EMAIL_USE_SSL": True, "EMAIL_TIMEOUT": 7.0,
+                                                      "EMAIL_HOST_USER": ""}),
+        ("smtp://[::1]:2525", {"EMAIL_HOST": "::1", "EMAIL_PORT": 2525}),
+        ("console://", {"EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend"}),
+        ("locmem://", {"EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend"}),
+        ("file:///tmp/parley-mail", {"EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+                                     "EMAIL_FILE_PATH": "/tmp/parley-mail"}),
+    ],
+)  # fmt: skip
+def test_email_url_forms(url, expected):
+    parsed = email_settings_from_url(url)
+    for key, value in expected.items():
+        assert parsed[key] == value, (key, parsed)
+    if url.startswith("smtp"):
+        assert parsed["EMAIL_BACKEND"] == "django.core.mail.backends.smtp.EmailBackend"
+
+
+@pytest.mark.parametrize("url", ["imap://mx.example.org", "smtp://", "smtp://mx.example.org:port", "mx.example.org"])
+def test_email_url_that_cannot_be_used_refuses_to_start(url):
+    with pytest.raises(ImproperlyConfigured, match="EMAIL_URL"):
+        email_settings_from_url(url)
