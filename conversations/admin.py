@@ -36,8 +36,19 @@ class ConversationAdmin(admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
+    """View only: a message is the record of what a member wrote and a model answered (and of what was
+    billed); staff read it, nobody edits it here."""
+
     list_display = ["id", "conversation", "role", "status", "model", "output_tokens", "cost", "created_at"]
     list_filter = ["status", "role", "model"]
     search_fields = ["id", "conversation__id", "content"]
     raw_id_fields = ["conversation", "organization", "parent"]
-    readonly_fields = ["created_at", "updated_at", "finished_at", "last_seq", "reservation_id", "client_id"]
+
+    def get_readonly_fields(self, request, obj=None) -> list[str]:
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
