@@ -331,7 +331,8 @@ class MessageStopView(APIView):
 
 
 def models_for_membership(membership) -> list[dict]:
-    """The models this organization's tier allows and the platform has configured, with prices."""
+    """The models this organization's tier allows, the platform has configured and that have a price in
+    effect (an unpriced model cannot be used, so it is not offered), with their prices."""
     from billing.selectors import price_for
     from llm.registry import models_all
 
@@ -341,6 +342,8 @@ def models_for_membership(membership) -> list[dict]:
         if not info.available or not tier.allows_model(info.alias):
             continue
         price = price_for(info.alias)
+        if price is None:
+            continue
         rows.append(
             {
                 "alias": info.alias,
@@ -349,9 +352,7 @@ def models_for_membership(membership) -> list[dict]:
                 "context_window": info.context_window,
                 "max_output_tokens": min(info.max_output_tokens, tier.max_output_tokens),
                 "supports_tools": info.supports_tools,
-                "price": None
-                if price is None
-                else {
+                "price": {
                     "input_per_million": price.input_unit,
                     "output_per_million": price.output_unit,
                     "cached_input_per_million": price.cached_input_unit,

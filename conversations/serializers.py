@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from accounts.serializers import StrictBooleanField, StrictCharField, StrictUUIDField
 from conversations.models import Conversation, Message
 
 MAX_CONTENT_CHARS = 200_000  # a hard cap on the body; the tier's own limit is checked by billing
@@ -19,15 +20,15 @@ class ConversationSerializer(serializers.ModelSerializer):
 
 
 class ConversationCreateSerializer(serializers.Serializer):
-    title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    model = serializers.CharField(max_length=100, required=False, allow_null=True, default=None)
-    persona = serializers.UUIDField(required=False, allow_null=True, default=None)
+    title = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
+    model = StrictCharField(max_length=100, required=False, allow_null=True, default=None)
+    persona = StrictUUIDField(required=False, allow_null=True, default=None)
 
 
 class ConversationUpdateSerializer(serializers.Serializer):
-    title = serializers.CharField(max_length=200, required=False, allow_blank=True)
-    archived = serializers.BooleanField(required=False)
-    model = serializers.CharField(max_length=100, required=False)
+    title = StrictCharField(max_length=200, required=False, allow_blank=True)
+    archived = StrictBooleanField(required=False)
+    model = StrictCharField(max_length=100, required=False)
 
 
 class ErrorDetailSerializer(serializers.Serializer):
@@ -77,23 +78,23 @@ class MessageSerializer(serializers.ModelSerializer):
 
 
 class MessageSendSerializer(serializers.Serializer):
-    content = serializers.CharField(max_length=MAX_CONTENT_CHARS, trim_whitespace=False)
-    model = serializers.CharField(max_length=100, required=False, allow_null=True, default=None)
-    client_id = serializers.UUIDField(
+    content = StrictCharField(max_length=MAX_CONTENT_CHARS, trim_whitespace=False)
+    model = StrictCharField(max_length=100, required=False, allow_null=True, default=None)
+    client_id = StrictUUIDField(
         required=False,
         allow_null=True,
         default=None,
         help_text="Makes the send idempotent: sending the same client_id again answers with what exists.",
     )
-    stream = serializers.BooleanField(
+    stream = StrictBooleanField(
         required=False, default=False, help_text="Answer with Server-Sent Events (the websocket's frames)."
     )
 
 
 class RegenerateSerializer(serializers.Serializer):
-    model = serializers.CharField(max_length=100, required=False, allow_null=True, default=None)
-    client_id = serializers.UUIDField(required=False, allow_null=True, default=None)
-    stream = serializers.BooleanField(required=False, default=False)
+    model = StrictCharField(max_length=100, required=False, allow_null=True, default=None)
+    client_id = StrictUUIDField(required=False, allow_null=True, default=None)
+    stream = StrictBooleanField(required=False, default=False)
 
 
 class TurnSerializer(serializers.Serializer):
@@ -119,7 +120,7 @@ class ModelSerializer(serializers.Serializer):
     context_window = serializers.IntegerField()
     max_output_tokens = serializers.IntegerField()
     supports_tools = serializers.BooleanField()
-    price = ModelPriceSerializer(allow_null=True)
+    price = ModelPriceSerializer()
 
 
 SSE_EVENT_TYPES = [

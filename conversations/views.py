@@ -73,11 +73,13 @@ def _next_url(request: HttpRequest, default: str) -> str:
 
 
 def models_for_member(membership) -> list:
-    """Models the member may pick: available ones (a provider is configured) the tier allows."""
+    """Models the member may pick: available ones (a provider is configured) the tier allows and that
+    have a price in effect (an unpriced model is refused on use, so it is not offered)."""
+    from billing.selectors import price_for
     from llm.registry import models_available
 
     allowed = set(membership.organization.tier.allowed_models)
-    return [info for info in models_available() if info.alias in allowed]
+    return [info for info in models_available() if info.alias in allowed and price_for(info.alias) is not None]
 
 
 # --- the list ---------------------------------------------------------------------------------
