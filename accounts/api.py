@@ -61,8 +61,8 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 # --- views ------------------------------------------------------------------------------------
 
 
-def _valid(serializer_class, data) -> dict:
-    serializer = serializer_class(data=data)
+def _valid(serializer_class, data, *, partial: bool = False) -> dict:
+    serializer = serializer_class(data=data, partial=partial)
     serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)
 
@@ -88,9 +88,10 @@ class OrganizationView(APIView):
     )
     def patch(self, request: Request) -> Response:
         membership = membership_of(request)
-        data = _valid(OrganizationUpdateSerializer, request.data)
-        services.organization_rename(membership=membership, name=data["name"])
-        membership = selectors.membership_get(user=membership.user, organization_id=membership.organization_id)
+        data = _valid(OrganizationUpdateSerializer, request.data, partial=True)
+        if "name" in data:
+            services.organization_rename(membership=membership, name=data["name"])
+            membership = selectors.membership_get(user=membership.user, organization_id=membership.organization_id)
         return Response(OrganizationSerializer(membership.organization, context={"membership": membership}).data)
 
 
@@ -118,7 +119,10 @@ class MemberDetailView(APIView):
     )
     def patch(self, request: Request, membership_id: uuid.UUID) -> Response:
         membership = membership_of(request)
-        data = _valid(MemberUpdateSerializer, request.data)
+        data = _valid(MemberUpdateSerializer, request.data, partial=True)
+        if "role" not in data:  # nothing to change
+            member = selectors.member_get_in_organization(organization=membership.organization, membership_id=membership_id)
+            return Response(MemberSerializer(member).data)
         member = services.membership_change_role(membership=membership, target_id=membership_id, role=data["role"])
         return Response(MemberSerializer(member).data)
 

@@ -7,12 +7,59 @@ from rest_framework import serializers
 
 from accounts.models import ApiKey, Invitation, Membership, Organization, Role
 
+# --- fields of request bodies: JSON types as the schema declares them (DRF's own coerce: 5 → "5",
+# "yes" → true, 7 → a UUID), so a field of the wrong type is a 400 on every endpoint ---------------
+
+
+class StrictCharField(serializers.CharField):
+    """A JSON string, nothing else (DRF's CharField also takes numbers)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictEmailField(serializers.EmailField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false (DRF's BooleanField also takes "yes", "0", 1 …)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+class StrictUUIDField(serializers.UUIDField):
+    """A UUID as a JSON string (DRF's UUIDField also takes an integer)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
+class StrictChoiceField(serializers.ChoiceField):
+    """One of the choices, as a JSON string."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid_choice", input=data)
+        return super().to_internal_value(data)
+
 
 class ErrorBodySerializer(serializers.Serializer):
-    code = serializers.CharField(help_text="Machine-readable: not_found, invalid_input, rate_limited, …")
+    code = serializers.CharField(help_text="Machine-readable: not_found, invalid_input, rate_limited, … (docs/errors.md)")
     message = serializers.CharField(help_text="For people.")
     retry_after = serializers.IntegerField(allow_null=True, help_text="Seconds to wait before retrying, or null.")
-    fields = serializers.DictField(required=False, help_text="Per-field problems of an invalid body.")
+    fields = serializers.DictField(required=False, help_text="Per-field problems of a body that does not match its schema.")
+    param = serializers.CharField(required=False, help_text="The parameter concerned, when one is.")
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -20,12 +67,13 @@ class ErrorSerializer(serializers.Serializer):
 
 
 _ERROR_TEXT = {
-    400: "The request is not valid (`invalid_input`).",
+    400: "The request does not match its schema (`invalid_input`, with `fields`).",
     401: "No valid session or API key (`unauthenticated`).",
     403: "Your role may not do that (`permission_denied`), or your plan does not include it.",
     404: "Not found, or another organization's (`not_found`).",
     409: "An answer is already streaming in this conversation (`busy`).",
-    413: "The message is longer than your plan allows (`message_too_long`).",
+    413: "The message is longer than your plan allows (`message_too_long`), or the body is larger than the "
+    "limit (`payload_too_large`).",
     422: "Well-formed, but refused (`invalid_input`).",
     429: "Rate limited (`rate_limited`) or the budget is used up (`budget_exceeded`); see Retry-After.",
 }
@@ -63,7 +111,7 @@ class OrganizationSerializer(serializers.ModelSerializer):
 
 
 class OrganizationUpdateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=150)
+    name = StrictCharField(max_length=150)
 
 
 class MemberSerializer(serializers.ModelSerializer):
@@ -77,7 +125,7 @@ class MemberSerializer(serializers.ModelSerializer):
 
 
 class MemberUpdateSerializer(serializers.Serializer):
-    role = serializers.ChoiceField(choices=Role.choices)
+    role = StrictChoiceField(choices=Role.choices)
 
 
 class InvitationSerializer(serializers.ModelSerializer):
@@ -90,8 +138,8 @@ class InvitationSerializer(serializers.ModelSerializer):
 
 
 class InvitationCreateSerializer(serializers.Serializer):
-    email = serializers.EmailField(max_length=254)
-    role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
+    email = StrictEmailField(max_length=254)
+    role = StrictChoiceField(choices=Role.choices, default=Role.MEMBER)
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
@@ -105,7 +153,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
 
 
 class ApiKeyCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = StrictCharField(max_length=100)
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
 
