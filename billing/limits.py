@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
@@ -45,6 +45,8 @@ class Verdict:
     allowed: bool
     retry_after: float = 0.0  # seconds until a retry can pass
     scope: str = ""
+    # a refusal: the clock time (ms) at which the refusing window frees a place (unrounded)
+    free_at_ms: int | None = field(default=None, compare=False)
 
 
 # Checks every token window is under its limit and every request window has a free slot; if all
@@ -113,20 +115,20 @@ class MemoryWindows:
                     window = self._window(KEY_PREFIX + scope.name + ":req", now)
                     limit = scope.requests_per_minute
                     if limit <= 0:
-                        return Verdict(False, _seconds(WINDOW_MS), scope.name)
+                        return _refusal(scope, now, now + WINDOW_MS)
                     if len(window) >= limit:
                         oldest_to_expire = window[len(window) - limit][0]
-                        return Verdict(False, _seconds(oldest_to_expire + WINDOW_MS - now), scope.name)
+                        return _refusal(scope, now, oldest_to_expire + WINDOW_MS)
                 if scope.tokens_per_minute is not None:
                     window = self._window(KEY_PREFIX + scope.name + ":tok", now)
                     total = sum(weight for _, weight in window)
                     if scope.tokens_per_minute <= 0:
-                        return Verdict(False, _seconds(WINDOW_MS), scope.name)
+                        return _refusal(scope, now, now + WINDOW_MS)
                     if total >= scope.tokens_per_minute:
                         for at, weight in window:
                             total -= weight
                             if total < scope.tokens_per_minute:
-                                return Verdict(False, _seconds(at + WINDOW_MS - now), scope.name)
+                                return _refusal(scope, now, at + WINDOW_MS)
             for scope in scopes:
                 if scope.requests_per_minute is not None:
                     self._window(KEY_PREFIX + scope.name + ":req", now).append((now, 1))
@@ -147,6 +149,14 @@ def _seconds(ms: float) -> float:
     return max(1.0, float(math.ceil(ms / 1000)))
 
 
+def _refusal(scope: Scope, now: int, free_at_ms: int) -> Verdict:
+    return Verdict(False, _seconds(free_at_ms - now), scope.name, free_at_ms=free_at_ms)
+
+
+# Refusals remembered per process: at most this many scopes (expired ones are dropped first).
+KNOWN_REFUSALS_MAX = 10_000
+
+
 class RateLimiter:
     def __init__(self, redis_url: str | None) -> None:
         self.redis_url = redis_url
@@ -155,6 +165,8 @@ class RateLimiter:
         self._script = None
         self._redis_down_until = 0.0
         self._lock = threading.Lock()
+        # (scope, its limits) -> clock ms until which that scope is known to refuse
+        self._full_until: dict[tuple[str, int | None, int | None], int] = {}
 
     def _client(self):
         if not self.redis_url or time.monotonic() < self._redis_down_until:
@@ -184,12 +196,49 @@ class RateLimiter:
     def using_redis(self) -> bool:
         return self._client() is not None
 
+    def known_refusal(self, scopes: Sequence[Scope], now: int | None = None) -> Verdict | None:
+        """A refusal this process has already seen and that still holds, found without asking Redis.
+
+        Windows only fill up until the time a refusal names (entries are added, or expire in order),
+        so until then the same scope with the same limits refuses again: a client hammering at its
+        limit costs no Redis call, and the caller can refuse before any database work.
+        """
+        if not self._full_until:
+            return None
+        now = _clock_ms() if now is None else now
+        for scope in scopes:
+            free_at = self._full_until.get((scope.name, scope.requests_per_minute, scope.tokens_per_minute))
+            if free_at is not None and free_at > now:
+                return Verdict(False, _seconds(free_at - now), scope.name, free_at_ms=free_at)
+        return None
+
+    def _remember(self, verdict: Verdict, scopes: Sequence[Scope], now: int) -> Verdict:
+        if verdict.allowed or verdict.free_at_ms is None:
+            return verdict
+        scope = next(s for s in scopes if s.name == verdict.scope)
+        with self._lock:
+            if len(self._full_until) >= KNOWN_REFUSALS_MAX:
+                expired = [key for key, free_at in self._full_until.items() if free_at <= now]
+                for key in expired or list(self._full_until)[: KNOWN_REFUSALS_MAX // 2]:
+                    del self._full_until[key]
+            self._full_until[(scope.name, scope.requests_per_minute, scope.tokens_per_minute)] = verdict.free_at_ms
+        return verdict
+
+    def forget(self) -> None:
+        """Forget this process's windows and remembered refusals (tests; a limit's change needs none)."""
+        self.memory.clear()
+        with self._lock:
+            self._full_until.clear()
+
     def admit(self, scopes: Sequence[Scope], now: int | None = None) -> Verdict:
         """Take one request slot in every scope, or none when any scope is full."""
         now = _clock_ms() if now is None else now
         scopes = [s for s in scopes if s.requests_per_minute is not None or s.tokens_per_minute is not None]
         if not scopes:
             return Verdict(True)
+        return self._remember(self._admit(scopes, now), scopes, now)
+
+    def _admit(self, scopes: Sequence[Scope], now: int) -> Verdict:
         client = self._client()
         if client is not None:
             import redis
@@ -208,7 +257,7 @@ class RateLimiter:
                 if int(result[0]) == 1:
                     return Verdict(True)
                 failing = (req + tok)[int(result[2]) - 1]
-                return Verdict(False, _seconds(float(result[1])), failing.name)
+                return _refusal(failing, now, now + int(result[1]))
         return self.memory.admit(scopes, now)
 
     def record_tokens(self, scopes: Sequence[Scope], tokens: int, now: int | None = None) -> None:

@@ -1,14 +1,18 @@
-"""Authorize a turn: the tier's rules, the prices, the rate limits, the reservation of the worst case.
+"""Authorize a turn: the tier's rules, the prices, the reservation of the worst case, the rate limits.
 
 Every entry point goes through `turn_authorize` before a provider is called (and through
 billing.settlement.turn_settle after, whatever the outcome of the call).
 
 Budgets are checked against `PeriodSpend` rows — one for the organization and one for the member
 per calendar month (UTC). A reservation is one conditional UPDATE of both rows (`reserved` grows only
-where the amount still fits the limit), so concurrent turns cannot both pass a check only one fits,
-and each row is locked only from that statement to the commit: every turn of an organization passes
-through its row, so the time it is held bounds the organization's turns per second. Rows are always
-locked in id order.
+where the amount still fits the limit), so concurrent turns cannot both pass a check only one fits.
+The rate-limit slot is taken after that UPDATE, in the same transaction: a turn the budget refuses
+takes no slot, and a turn the rate limit refuses rolls its reservation back (other turns, waiting on
+the row lock, never see it), so neither refusal uses up the other's allowance. The rows are locked
+from the UPDATE to the commit right after, with one rate-limiter call in between: every turn of an
+organization passes through its row, so the time it is held bounds the organization's turns per
+second. Rows are always locked in id order. A window this process already found full refuses at
+once, before any database work (`RateLimiter.known_refusal`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from accounts.models import ApiKey, Membership
 from billing.alerts import BudgetWatch, alerted_up_to
 from billing.counters import counters_locked_in_id_order, period_counters
 from billing.errors import BudgetExceeded, MessageTooLong, ModelNotAllowed, ModelNotPriced, RateLimitExceeded
-from billing.limits import Scope, limiter
+from billing.limits import Scope, Verdict, limiter
 from billing.models import PeriodSpend, Price, RateLimitPolicy, Reservation
 from billing.money import ZERO, usd
 from billing.periods import period_end, period_start
@@ -107,6 +111,12 @@ def rate_limit_scopes(*, membership: Membership, api_key: ApiKey | None = None) 
     return scopes
 
 
+def _rate_limited(verdict: Verdict) -> RateLimitExceeded:
+    return RateLimitExceeded(
+        f"Rate limit reached; try again in {int(verdict.retry_after)} s.", retry_after=verdict.retry_after
+    )
+
+
 _model_limits: dict[str, tuple[float, int | None]] = {}
 
 
@@ -173,7 +183,7 @@ def turn_authorize(
     request_id: str,
     max_calls: int = 1,
 ) -> TurnAuthorization:
-    """Check the tier's rules, the prices, the rate limits, then reserve the worst-case cost.
+    """Check the tier's rules and the prices, reserve the worst-case cost, then take the rate-limit slot.
 
     `models`: every alias that may serve the call — the primary (`model`) first, then the fallbacks
     the caller allows (filter them with billing.selectors.models_billable). Each must be in the plan
@@ -183,8 +193,9 @@ def turn_authorize(
     each later call's prompt is counted as growing by a whole answer, so the reservation still
     covers the worst case and the budget cannot be overshot.
 
-    Raises ModelNotAllowed, ModelNotPriced, MessageTooLong, RateLimitExceeded or BudgetExceeded.
-    Authorizing the same request id twice returns the first authorization.
+    Raises ModelNotAllowed, ModelNotPriced, MessageTooLong, BudgetExceeded or RateLimitExceeded
+    (the budget is checked first: a budget refusal takes no rate-limit slot). Authorizing the same
+    request id twice returns the first authorization (and takes no second slot).
     """
     organization = membership.organization
     tier = organization.tier
@@ -216,11 +227,10 @@ def turn_authorize(
         prices=prices, output_tokens=output_tokens, prompt_tokens=prompt_tokens, calls=max(1, max_calls)
     )
 
-    verdict = limiter().admit(rate_limit_scopes(membership=membership, api_key=api_key))
-    if not verdict.allowed:
-        raise RateLimitExceeded(
-            f"Rate limit reached; try again in {int(verdict.retry_after)} s.", retry_after=verdict.retry_after
-        )
+    scopes = rate_limit_scopes(membership=membership, api_key=api_key)
+    known = limiter().known_refusal(scopes)
+    if known is not None:  # refused before any database work
+        raise _rate_limited(known)
 
     try:
         return _reserve(
@@ -233,6 +243,7 @@ def turn_authorize(
             amount=worst_case,
             request_id=request_id,
             now=now,
+            scopes=scopes,
         )
     except IntegrityError:
         # The same request id was authorized before (a retried turn): that authorization stands.
@@ -262,6 +273,7 @@ def _reserve(
     amount: Decimal,
     request_id: str,
     now: datetime,
+    scopes: list[Scope],
 ) -> TurnAuthorization:
     organization = membership.organization
     org_counter, member_counter = period_counters(
@@ -298,11 +310,17 @@ def _reserve(
                 created_at=now,
                 expires_at=now + _reservation_ttl(),
             )
-            # Last, so the rows stay locked only until the commit right after.
+            # Late, so the rows stay locked only until the commit right after.
             if counters_locked_in_id_order(counter_ids).filter(fitting).update(reserved=F("reserved") + amount) != 2:
                 raise _DoesNotFit
+            # Only a turn the budget admits takes a slot; refused here, its reservation is rolled back.
+            verdict = limiter().admit(scopes)
+            if not verdict.allowed:
+                raise _RateLimited(verdict)
     except _DoesNotFit:
         raise _budget_refusal(checks=checks, amount=amount, now=now) from None
+    except _RateLimited as refused:
+        raise _rate_limited(refused.verdict) from None
     return TurnAuthorization(
         reservation_id=reservation.id,
         request_id=request_id,
@@ -320,6 +338,13 @@ def _reserve(
 
 class _DoesNotFit(Exception):
     """Rolls back a reservation whose amount does not fit a budget."""
+
+
+class _RateLimited(Exception):
+    """Rolls back a reservation the rate limit refuses."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        self.verdict = verdict
 
 
 def _budget_refusal(*, checks: list, amount: Decimal, now: datetime) -> BudgetExceeded:

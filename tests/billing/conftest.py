@@ -42,7 +42,7 @@ def test_model(db) -> Price:
 
 @pytest.fixture(autouse=True)
 def _fresh_memory_windows():
-    limits.limiter().memory.clear()
+    limits.limiter().forget()  # its windows and the refusals it remembers
     rate_limit_policies_forget()
     prices_forget()  # a rolled-back test's prices must not outlive it
     yield

@@ -171,5 +171,83 @@ def test_turns_go_on_and_budgets_hold_while_redis_is_down(org_a, settings, caplo
     with pytest.raises(BudgetExceeded):
         authorize(org_a.admin)  # the budget is enforced by the database
     organization_budget_set(organization=org_a.organization, monthly_limit_usd=Decimal("1"))
+    authorize(org_a.owner)  # the budget's refusal took no slot: this is the minute's second request
     with pytest.raises(RateLimitExceeded):
-        authorize(org_a.owner)  # and this process still limits: 2 requests were admitted this minute
+        authorize(org_a.admin)  # and this process still limits: 2 requests were admitted this minute
+
+
+# --- budget refusals and rate-limit slots -------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_budget_refusals_take_no_rate_limit_slot(org_a, clock):
+    from decimal import Decimal
+
+    from billing.budgets import organization_budget_set
+    from billing.errors import BudgetExceeded
+
+    set_limits(rpm=2, tpm=10**9)
+    organization_budget_set(organization=org_a.organization, monthly_limit_usd=Decimal("0.004"))
+    for _ in range(5):
+        with pytest.raises(BudgetExceeded):
+            authorize(org_a.member, prompt_tokens=10_000)  # may cost $0.012: more than the budget
+    authorize(org_a.member)  # $0.003 fits: the five refusals left both slots of the minute
+    authorize(org_a.admin, model="demo")
+    with pytest.raises(RateLimitExceeded):
+        authorize(org_a.owner, model="demo")  # the organization's 2 requests this minute are used
+
+
+@pytest.mark.django_db
+def test_a_rate_limit_refusal_keeps_no_reservation(org_a, clock):
+    from billing.models import PeriodSpend, Reservation
+
+    set_limits(rpm=1, tpm=10**9)
+    admitted = authorize(org_a.member)
+    with pytest.raises(RateLimitExceeded):
+        authorize(org_a.member, rid="refused-turn")
+    assert not Reservation.objects.filter(request_id="refused-turn").exists()
+    counter = PeriodSpend.objects.get(organization=org_a.organization, membership__isnull=True)
+    assert counter.reserved == admitted.reserved_cost
+
+
+@pytest.mark.django_db
+def test_while_a_window_is_known_full_a_refusal_costs_no_query(org_a, clock, django_assert_num_queries):
+    from billing.reservations import turn_authorize
+
+    from .conftest import fresh, request_id
+
+    set_limits(rpm=1, tpm=10**9)
+    member = fresh(org_a.member)
+
+    def turn():
+        return turn_authorize(
+            membership=member, model="test-model", prompt_tokens=10, message_chars=10, max_output_tokens=10,
+            request_id=request_id(),
+        )  # fmt: skip
+
+    turn()
+    clock.advance(15)
+    with pytest.raises(RateLimitExceeded):
+        turn()  # found full in Redis (or memory), after reserving and rolling back
+    clock.advance(5)
+    with django_assert_num_queries(0), pytest.raises(RateLimitExceeded) as again:
+        turn()
+    assert again.value.retry_after == 40
+    clock.advance(40.001)
+    turn()  # the first request left the window
+
+
+def test_a_known_refusal_holds_until_the_window_frees_and_only_for_the_same_limits(clock):
+    limiter = RateLimiter(None)
+    scope = [Scope("org:known", 1, None)]
+    assert limiter.known_refusal(scope) is None
+    assert limiter.admit(scope).allowed
+    clock.advance(10)
+    assert not limiter.admit(scope).allowed
+    known = limiter.known_refusal(scope)
+    assert known is not None and not known.allowed and known.retry_after == 50 and known.scope == "org:known"
+    assert limiter.known_refusal([Scope("org:known", 2, None)]) is None  # a raised limit is asked again
+    assert limiter.known_refusal([Scope("org:other", 1, None)]) is None
+    clock.advance(50)
+    assert limiter.known_refusal(scope) is None
+    assert limiter.admit(scope).allowed
