@@ -1,37 +1,34 @@
-"""One assistant answer being generated: an asyncio task owned by the process, not by a socket.
+"""The conversation side of one answer: the engine's Sink for websocket and REST turns.
 
-The task streams from `llm`, coalesces deltas (at most one frame per FLUSH_INTERVAL, or sooner when
-FLUSH_CHARS have gathered), publishes them through the hub, saves the partial text at least once a
-second, and always ends the message in a terminal state with its usage settled in billing —
-whatever happens: the provider fails, the client stops it, the socket goes away, or the task is
-cancelled (the settlement runs in a shielded task kept in the module registry).
+The call itself (authorize, stream, settle once) is conversations.engine's `BilledStream`; this
+module turns its events into frames: it coalesces deltas (at most one frame per FLUSH_INTERVAL, or
+sooner when FLUSH_CHARS have gathered), publishes them through the hub, saves the partial text at
+least once a second, and when the call ends saves the message in its terminal state (on the
+settlement's thread, right after the ledger write) and publishes generation.finished.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
 from uuid import UUID
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from billing.services import turn_settle
+from conversations import engine
 from conversations import hub as hub_module
 from conversations.db import db_async
-from conversations.models import Message, Status
-from llm import chat as llm_chat
-from llm.errors import LLMError
+from conversations.followups import followups_dispatch
+from conversations.models import Message
 from llm.tokens import count_text
-from llm.types import ChatRequest, TextDelta, ToolCall, ToolResult, Usage
+from llm.types import TextDelta, ToolCall, ToolResult
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +48,6 @@ HEARTBEAT_INTERVAL = 10.0  # touch `updated_at` this often even when no text arr
 
 COST_QUANTUM = Decimal("0.00000001")  # the decimal places of Message.cost
 
-# Tool rounds a turn may run: the answer makes at most MAX_TOOL_ROUNDS + 1 provider calls, and the
-# turn reserves budget for all of them (conversations.services).
-MAX_TOOL_ROUNDS = 5
-
 # Strong references: a task that only the event loop references can be garbage-collected.
 _tasks: set[asyncio.Task] = set()
 
@@ -66,15 +59,12 @@ def _keep(task: asyncio.Task) -> asyncio.Task:
 
 
 @dataclass(eq=False)  # identity semantics: kept in sets and registries
-class Generation:
+class Generation(engine.Sink):
+    """The conversation side of one answer: frames to the hub, partial saves, the saved message."""
+
     conversation_id: UUID
     message_id: UUID
-    model: str
-    request: ChatRequest
-    membership: Any
-    api_key: Any
-    authorization: Any
-    toolset: Any = None
+    prepared: engine.Prepared
     # frames announcing the turn (conversation.created, message.created, generation.started)
     opening_frames: list[dict] = field(default_factory=list)
     hub: hub_module.Hub = field(default_factory=hub_module.default)
@@ -82,11 +72,12 @@ class Generation:
     followups: tuple[str, ...] = ()  # Celery tasks the conversation needs afterwards ("title", "summary")
 
     def __post_init__(self) -> None:
+        self.model = self.prepared.request.model
         self.chunks: list[str] = []
         self.seq = 0
         self.announced = False
         self.remote = False  # another process follows: publish deltas to the channel layer too
-        self.stream = None
+        self.billed: engine.BilledStream | None = None
         self.task: asyncio.Task | None = None
         self.done = asyncio.Event()
         self.result: Message | None = None
@@ -96,7 +87,6 @@ class Generation:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
-        self._stop_requested = False
         self._tool_events: list[dict] = []
         self._saved_seq = 0
         self._last_write = time.monotonic()
@@ -108,59 +98,63 @@ class Generation:
 
     def start(self) -> asyncio.Task:
         self.hub.generation_register(self)
-        # A fresh context: the task outlives the request or socket that started it, and must not
-        # inherit its per-request state (asgiref's thread-sensitive context ends with the request).
-        self.task = _keep(self._loop.create_task(self._run(), context=contextvars.Context()))
+        self.billed = engine.BilledStream(self.prepared, self)
+        self.billed.start()
+        self.task = self.billed.task
         return self.task
 
     def cancel(self) -> None:
         """Stop: what was generated is kept and billed; the message ends `cancelled`."""
-        self._stop_requested = True
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        if self.billed is not None:
+            self.billed.cancel()
 
     def snapshot(self) -> dict:
         return hub_module.snapshot_frame(message_id=self._mid, seq=self.seq, content="".join(self.chunks))
 
-    async def _run(self) -> None:
-        status, error_code, error_message = Status.COMPLETE, "", ""
-        saver = _saver()
+    # --- the engine's sink -------------------------------------------------------------------
+
+    async def opened(self) -> None:
+        await self.hub.generation_join(self)
+        for frame in self.opening_frames:
+            if frame["type"] == "generation.started":
+                self.announced = True
+            await self.hub.publish(self.conversation_id, frame)
+        self.announced = True
+        _saver().add(self)
+
+    async def event(self, event) -> None:
+        kind = type(event)
+        if kind is TextDelta:
+            await self._add(event.text)
+        elif kind is ToolCall:
+            await self._tool_call(event)
+        elif kind is ToolResult:
+            await self._tool_result(event)
+
+    async def ended(self, outcome: engine.Outcome) -> None:
+        _saver().discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        with contextlib.suppress(Exception):
+            await self._flush()
+
+    def settled(self, outcome: engine.Outcome) -> None:
+        self.result = message_save_final(generation=self, outcome=outcome, content="".join(self.chunks))
+
+    async def finished(self, outcome: engine.Outcome) -> None:
         try:
-            await self.hub.generation_join(self)
-            for frame in self.opening_frames:
-                if frame["type"] == "generation.started":
-                    self.announced = True
-                await self.hub.publish(self.conversation_id, frame)
-            self.announced = True
-            saver.add(self)
-            self.stream = llm_chat.stream_chat(self.request, toolset=self.toolset, max_tool_rounds=MAX_TOOL_ROUNDS)
-            async for event in self.stream:
-                kind = type(event)
-                if kind is TextDelta:
-                    if event.text:
-                        await self._add(event.text)
-                elif kind is ToolCall:
-                    await self._tool_call(event)
-                elif kind is ToolResult:
-                    await self._tool_result(event)
-        except asyncio.CancelledError:
-            if self._stop_requested:
-                status = Status.CANCELLED
-            else:
-                status, error_code, error_message = Status.INTERRUPTED, "interrupted", "The server stopped."
-        except LLMError as exc:
-            status, error_code, error_message = Status.FAILED, "provider_error", exc.message
-        except Exception as exc:
-            logger.exception("generation %s failed", self.message_id)
-            status, error_code, error_message = Status.FAILED, "internal_error", f"Internal error ({type(exc).__name__})."
+            if self.result is not None:
+                await self.hub.publish(self.conversation_id, hub_module.finished_frame(self.result))
+        except Exception:
+            logger.exception("publishing the end of %s failed", self.message_id)
         finally:
-            saver.discard(self)
-            finish = _keep(asyncio.ensure_future(self._finish(status, error_code, error_message)))
-            try:
-                await asyncio.shield(finish)
-            except asyncio.CancelledError:
-                # Cancelled again while settling: the shielded task finishes on its own.
-                pass
+            with contextlib.suppress(Exception):
+                await self.hub.generation_unregister(self)
+            self.done.set()
+        if self.followups:
+            with contextlib.suppress(Exception):
+                await db_async(followups_dispatch)(conversation_id=self.conversation_id, needs=self.followups)
 
     # --- deltas ------------------------------------------------------------------------------
 
@@ -214,42 +208,6 @@ class Generation:
             self.conversation_id,
             {"type": "tool.result", "message": self._mid, "call_id": event.call_id, "result": event.result},
         )
-
-    # --- saving ------------------------------------------------------------------------------
-
-    async def _finish(self, status: str, error_code: str, error_message: str) -> None:
-        try:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            with contextlib.suppress(Exception):
-                await self._flush()
-            usages: list[Usage] = []
-            if self.stream is not None:
-                try:
-                    await self.stream.aclose()  # the provider stops generating (and billing)
-                except Exception:
-                    logger.warning("closing the provider stream of %s failed", self.message_id, exc_info=True)
-                usages = list(getattr(self.stream, "usages", []) or [])
-            message = await db_async(settle_and_save)(
-                generation=self,
-                usages=usages,
-                status=status,
-                error_code=error_code,
-                error_message=error_message,
-                content="".join(self.chunks),
-            )
-            self.result = message
-            await self.hub.publish(self.conversation_id, hub_module.finished_frame(message))
-        except Exception:
-            logger.exception("finishing generation %s failed", self.message_id)
-        finally:
-            with contextlib.suppress(Exception):
-                await self.hub.generation_unregister(self)
-            self.done.set()
-        if self.followups:
-            with contextlib.suppress(Exception):
-                await db_async(_dispatch_followups)(self.conversation_id, self.followups)
 
 
 class PartialSaver:
@@ -323,50 +281,32 @@ def _saver() -> PartialSaver:
     return saver
 
 
-def settle_and_save(
-    *, generation: Generation, usages: list[Usage], status: str, error_code: str, error_message: str, content: str
-) -> Message:
-    cost = None
-    try:
-        cost = turn_settle(
-            authorization=generation.authorization,
-            usages=usages,
-            membership=generation.membership,
-            api_key=generation.api_key,
-            conversation_id=generation.conversation_id,
-            message_id=generation.message_id,
-        )
-    except Exception:
-        # The answer still ends; the reservation expires and the call log keeps the usage.
-        logger.exception("settling %s failed", generation.message_id)
+def message_save_final(*, generation: Generation, outcome: engine.Outcome, content: str) -> Message:
+    """End the assistant message as the call ended (on the settlement's thread, after the ledger write)."""
     now = timezone.now()
+    error = outcome.error
     fields = {
         "content": content,
         "last_seq": generation.seq,
-        "status": status,
-        "error_code": error_code,
-        "error_message": error_message,
-        "input_tokens": sum(u.input_tokens for u in usages),
-        "output_tokens": sum(u.output_tokens for u in usages),
+        "status": outcome.status,
+        "error_code": error.code if error is not None else "",
+        "error_message": error.message if error is not None else "",
+        "model": outcome.model,
+        "input_tokens": outcome.input_tokens,
+        "output_tokens": outcome.output_tokens,
         "token_count": count_text(content, generation.model) if content else 0,
         "tool_events": generation._tool_events,
         "updated_at": now,
         "finished_at": now,
     }
-    if cost is not None:
-        fields["cost"] = Decimal(cost).quantize(COST_QUANTUM)
+    if outcome.cost is not None:
+        fields["cost"] = Decimal(outcome.cost).quantize(COST_QUANTUM)
     # One UPDATE of the changed columns; the row read at the start of the turn is brought up to date.
     Message.objects.filter(id=generation.message_id).update(**fields)
-    message = getattr(generation, "message", None) or Message.objects.get(id=generation.message_id)
+    message = generation.message or Message.objects.get(id=generation.message_id)
     for name, value in fields.items():
         setattr(message, name, value)
     return message
-
-
-def _dispatch_followups(conversation_id: UUID, needs: tuple[str, ...]) -> None:
-    from conversations.services import conversation_followups_dispatch
-
-    conversation_followups_dispatch(conversation_id=conversation_id, needs=needs)
 
 
 async def generation_wait(message_id: UUID, *, hub: hub_module.Hub | None = None) -> Message:

@@ -1,7 +1,7 @@
 """Celery entry points of conversations: titling, summarizing, ending orphaned answers.
 
 Tasks receive ids and fail closed: a conversation whose organization (or owner's membership) is
-gone is left alone. Model calls made here are authorized and settled through billing like a turn.
+gone is left alone. Model calls made here go through the turn engine (conversations.engine.complete_sync), like a turn.
 """
 
 from __future__ import annotations
@@ -9,18 +9,17 @@ from __future__ import annotations
 import logging
 from uuid import UUID
 
-from asgiref.sync import async_to_sync
 from celery import shared_task
 from django.db import transaction
 
 from accounts.models import Membership
-from billing.services import turn_authorize, turn_settle
+from conversations import engine
 from conversations.models import Conversation, Message, Role
-from conversations.services import STALE_STREAMING_SECONDS, messages_mark_interrupted, title_from_text
-from llm.chat import stream_chat
+from conversations.services import title_from_text
+from conversations.turns import STALE_STREAMING_SECONDS, messages_mark_interrupted
 from llm.registry import model_get
 from llm.tokens import count_text
-from llm.types import ChatRequest, TextDelta
+from llm.types import ChatRequest
 from llm.types import Message as LLMMessage
 
 logger = logging.getLogger(__name__)
@@ -66,42 +65,14 @@ def _is_uuid(value) -> bool:
 
 
 def _complete(*, membership: Membership, model: str, messages: list[LLMMessage], request_id: str, max_output_tokens: int) -> str:
-    """One billed, non-streamed model call (used for titles and summaries)."""
-    prompt_tokens = sum(count_text(m.content, model) for m in messages)
-    authorization = turn_authorize(
-        membership=membership,
-        model=model,
-        prompt_tokens=prompt_tokens,
-        message_chars=0,
-        max_output_tokens=max_output_tokens,
-        request_id=request_id,
+    """One billed call through the turn engine (titles and summaries); raises when it did not complete."""
+    outcome = engine.complete_sync(
+        caller=engine.Caller(membership=membership),
+        request=ChatRequest(model=model, messages=tuple(messages), request_id=request_id, max_output_tokens=max_output_tokens),
     )
-    request = ChatRequest(
-        model=model,
-        messages=tuple(messages),
-        request_id=request_id,
-        max_output_tokens=authorization.max_output_tokens,
-        organization_id=membership.organization_id,
-        user_id=membership.user_id,
-    )
-
-    async def collect() -> tuple[str, list]:
-        stream = stream_chat(request)
-        parts: list[str] = []
-        try:
-            async for event in stream:
-                if isinstance(event, TextDelta):
-                    parts.append(event.text)
-        finally:
-            await stream.aclose()
-        return "".join(parts), list(stream.usages)
-
-    usages: list = []
-    try:
-        text, usages = async_to_sync(collect)()
-    finally:
-        turn_settle(authorization=authorization, usages=usages, membership=membership)
-    return text.strip()
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.text.strip()
 
 
 @shared_task(ignore_result=True)

@@ -123,11 +123,11 @@ def member_secret(api_key_factory):
 
 
 async def wait_idle() -> None:
-    """Wait for every generation task of this process to end (no writes after a test)."""
-    from conversations import generation
+    """Wait for every call and generation task of this process to end (no writes after a test)."""
+    from conversations import engine, generation
 
     async with asyncio.timeout(10):
-        while generation._tasks:  # noqa: ASYNC110 - the registry is a plain set
+        while engine._tasks or generation._tasks:  # noqa: ASYNC110 - the registries are plain sets
             await asyncio.sleep(0.01)
 
 

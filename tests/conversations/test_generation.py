@@ -11,7 +11,7 @@ from channels.routing import URLRouter
 from django.urls import path
 
 from accounts.ws import WebsocketAuthStack
-from conversations import generation as generation_module
+from conversations import engine
 from conversations import hub as hub_module
 from conversations.consumers import ChatConsumer
 from conversations.generation import generation_wait
@@ -87,7 +87,8 @@ async def test_generation_is_owned_by_the_process_and_kept_referenced(org_a, set
     started = await turn_start(
         membership=org_a.member, conversation_id=None, content="Hi", model=None, client_id=uuid.uuid4()
     )
-    assert generation_module._tasks, "the registry holds the task"
+    assert engine.running(str(started.assistant_message.id)), "the engine's registry holds the running call"
+    assert engine._tasks, "and a strong reference to its task"
     async with hub_module.default().subscribe(started.conversation.id) as queue:
         frames = []
         async with asyncio.timeout(10):
@@ -96,7 +97,7 @@ async def test_generation_is_owned_by_the_process_and_kept_referenced(org_a, set
     assert [f["type"] for f in frames[:3]] == ["conversation.created", "message.created", "generation.started"]
     assert joined_deltas(frames, str(started.assistant_message.id)) == frames[-1]["message"]["content"]
     await wait_idle()
-    assert not generation_module._tasks
+    assert not engine._tasks and not engine.running(str(started.assistant_message.id))
 
 
 # --- another process, through Redis -----------------------------------------------------------

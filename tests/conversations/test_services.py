@@ -11,9 +11,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts.errors import InvalidInput, NotFound, PermissionDenied
-from conversations import services
+from conversations import engine, services, turns
 from conversations.errors import Busy, ConversationNotFound
-from conversations.generation import settle_and_save
+from conversations.generation import message_save_final
 from conversations.models import Conversation, Message, Role, Status
 from conversations.selectors import conversation_get_for_member, conversations_for_member, messages_for_conversation
 
@@ -40,7 +40,7 @@ def _conversation_with_history(membership, n: int, *, words: int = 3) -> Convers
 
 
 def _begin(membership, conversation_id, content="hello", **extra):
-    return services._turn_begin(
+    return turns._turn_begin(
         membership=membership,
         api_key=None,
         conversation_id=conversation_id,
@@ -51,30 +51,30 @@ def _begin(membership, conversation_id, content="hello", **extra):
     )
 
 
-def _finish(membership, started, authorization):
-    generation = SimpleNamespace(
-        authorization=authorization,
-        membership=membership,
-        api_key=None,
-        conversation_id=started.conversation.id,
-        message_id=started.assistant_message.id,
-        seq=3,
-        model="demo",
-        _tool_events=[],
-    )
+def _finish(membership, started, prepared):
+    """Settle the turn and save its answer, as the engine does when the call ends."""
     from llm.types import Usage
 
-    usage = Usage(input_tokens=10, output_tokens=3, call_id=f"{authorization.request_id}:1", model="demo", provider="demo")
-    return settle_and_save(
-        generation=generation, usages=[usage], status=Status.COMPLETE, error_code="", error_message="", content="a b c"
+    usage = Usage(input_tokens=10, output_tokens=3, call_id=f"{prepared.request.request_id}:1", model="demo", provider="demo")
+    outcome = engine.Outcome(
+        status=Status.COMPLETE, finish_reason="stop", error=None, text="a b c", tool_calls=[], usages=[usage], model="demo"
     )
+    generation = SimpleNamespace(message_id=started.assistant_message.id, seq=3, model="demo", _tool_events=[], message=None)
+    saved = []
+
+    class Saver(engine.Sink):
+        def settled(self, outcome):
+            saved.append(message_save_final(generation=generation, outcome=outcome, content="a b c"))
+
+    engine.BilledStream(prepared, Saver())._settle(outcome)
+    return saved[0]
 
 
 def _queries_of_a_turn(membership, conversation) -> int:
     with CaptureQueriesContext(connection) as begin:
-        started, _request, authorization = _begin(membership, conversation.id)
+        started, prepared = _begin(membership, conversation.id)
     with CaptureQueriesContext(connection) as finish:
-        _finish(membership, started, authorization)
+        _finish(membership, started, prepared)
     return len(begin.captured_queries) + len(finish.captured_queries)
 
 
@@ -95,13 +95,13 @@ def test_prompt_uses_stored_counts_recent_messages_and_the_summary(org_a, monkey
     conversation.save()
     # Stored counts are used as they are: never re-tokenized.
     counted: list[str] = []
-    real_count = services.count_text
-    monkeypatch.setattr(services, "count_text", lambda text, model=None: counted.append(text) or real_count(text, model))
-    started, request, _ = _begin(org_a.member, conversation.id, content="the question")
+    real_count = turns.count_text
+    monkeypatch.setattr(turns, "count_text", lambda text, model=None: counted.append(text) or real_count(text, model))
+    started, prepared = _begin(org_a.member, conversation.id, content="the question")
     assert counted and all(len(text) < 400 for text in counted), "only new text is counted"
-    system = request.messages[0]
+    system = prepared.request.messages[0]
     assert system.role == "system" and "You are terse." in system.content and "m1 to m20" in system.content
-    contents = [m.content for m in request.messages[1:]]
+    contents = [m.content for m in prepared.request.messages[1:]]
     assert contents[-1] == "the question"
     assert not any(c.startswith(("m1 ", "m20 ")) for c in contents), "summarized messages are not sent again"
     assert started.user_message.token_count > 0
@@ -109,48 +109,48 @@ def test_prompt_uses_stored_counts_recent_messages_and_the_summary(org_a, monkey
 
 def test_prompt_fits_the_context_window(org_a, monkeypatch):
     conversation = _conversation_with_history(org_a.member, 40, words=400)
-    real = services.model_get
+    real = turns.model_get
 
     def small_window(alias):
         info = real(alias)
         return info.__class__(**{**info.__dict__, "context_window": 3_000, "max_output_tokens": 500})
 
-    monkeypatch.setattr(services, "model_get", small_window)
-    _, request, _ = _begin(org_a.member, conversation.id, content="last")
-    assert 1 <= len(request.messages) < 10
-    assert request.messages[-1].content == "last"
+    monkeypatch.setattr(turns, "model_get", small_window)
+    _, prepared = _begin(org_a.member, conversation.id, content="last")
+    assert 1 <= len(prepared.request.messages) < 10
+    assert prepared.request.messages[-1].content == "last"
 
 
 def test_busy_is_decided_in_the_database(org_a):
-    started, _, authorization = _begin(org_a.member, None)
+    started, prepared = _begin(org_a.member, None)
     with pytest.raises(Busy):
         _begin(org_a.member, started.conversation.id, content="again")
-    _finish(org_a.member, started, authorization)
-    again, _, _ = _begin(org_a.member, started.conversation.id, content="again")
+    _finish(org_a.member, started, prepared)
+    again, _ = _begin(org_a.member, started.conversation.id, content="again")
     assert again.created
 
 
 def test_a_stale_streaming_answer_does_not_block_the_conversation(org_a):
-    started, _, _ = _begin(org_a.member, None)
+    started, _ = _begin(org_a.member, None)
     Message.objects.filter(id=started.assistant_message.id).update(updated_at=timezone.now() - timedelta(minutes=5))
-    again, _, _ = _begin(org_a.member, started.conversation.id, content="again")
+    again, _ = _begin(org_a.member, started.conversation.id, content="again")
     assert again.created
     assert Message.objects.get(id=started.assistant_message.id).status == Status.INTERRUPTED
 
 
 def test_client_id_is_idempotent_and_private(org_a, org_b):
     client_id = uuid.uuid4()
-    first, _, _ = services._turn_begin(
+    first, _ = turns._turn_begin(
         membership=org_a.member, api_key=None, conversation_id=None, content="hi", model=None, client_id=client_id
     )
-    again, request, _ = services._turn_begin(
+    again, prepared = turns._turn_begin(
         membership=org_a.member, api_key=None, conversation_id=None, content="hi", model=None, client_id=client_id
     )
-    assert not again.created and request is None
+    assert not again.created and prepared is None
     assert again.user_message.id == first.user_message.id and again.assistant_message.id == first.assistant_message.id
     assert Message.objects.count() == 2 and Conversation.objects.count() == 1
     with pytest.raises(InvalidInput):
-        services._turn_begin(
+        turns._turn_begin(
             membership=org_a.admin, api_key=None, conversation_id=None, content="hi", model=None, client_id=client_id
         )
 
@@ -166,8 +166,8 @@ def test_refused_turn_leaves_nothing_behind(org_a, tier_factory):
 
 
 def test_mark_interrupted_command(org_a):
-    fresh, _, _ = _begin(org_a.member, None)
-    stale, _, _ = _begin(org_a.member, None)
+    fresh, _ = _begin(org_a.member, None)
+    stale, _ = _begin(org_a.member, None)
     Message.objects.filter(id=stale.assistant_message.id).update(updated_at=timezone.now() - timedelta(minutes=5))
     call_command("conversations_mark_interrupted")  # default: only answers whose process stopped saving
     assert Message.objects.get(id=stale.assistant_message.id).status == Status.INTERRUPTED
@@ -214,9 +214,9 @@ def test_personas_are_managed_by_admins_and_used_at_start(org_a, org_b):
     persona = services.persona_create(membership=org_a.admin, name="Pirate", system_prompt="Talk like a pirate.")
     with pytest.raises(InvalidInput):
         services.persona_create(membership=org_a.owner, name="Pirate", system_prompt="again")
-    started, request, _ = _begin(org_a.member, None, persona_id=persona.id)
+    started, prepared = _begin(org_a.member, None, persona_id=persona.id)
     assert started.conversation.persona_id == persona.id
-    assert request.messages[0].role == "system" and request.messages[0].content == "Talk like a pirate."
+    assert prepared.request.messages[0].role == "system" and prepared.request.messages[0].content == "Talk like a pirate."
     with pytest.raises(NotFound):
         _begin(org_b.member, None, persona_id=persona.id)
     services.persona_update(membership=org_a.owner, persona_id=persona.id, name="Captain", system_prompt="Arr.")
@@ -234,14 +234,14 @@ def test_title_from_text():
 def test_a_turn_with_tools_reserves_every_call_of_the_tool_loop(org_a, fake_provider):
     """With tools the answer may make MAX_TOOL_ROUNDS + 1 provider calls: the reservation covers them all."""
     from billing.models import Reservation
-    from conversations.generation import MAX_TOOL_ROUNDS
+    from conversations.engine import MAX_TOOL_ROUNDS
 
     membership = org_a.member
     tier = membership.organization.tier
     assert tier.has_feature("tools")
 
     def reserved(conversation_id=None):
-        started, _request, authorization = services._turn_begin(
+        started, prepared = turns._turn_begin(
             membership=membership,
             api_key=None,
             conversation_id=conversation_id,
@@ -249,6 +249,7 @@ def test_a_turn_with_tools_reserves_every_call_of_the_tool_loop(org_a, fake_prov
             model="gpt-5.2-instant",
             client_id=uuid.uuid4(),
         )
+        authorization = prepared.authorization
         assert Reservation.objects.get(id=authorization.reservation_id).amount == authorization.reserved_cost
         return started, authorization.reserved_cost
 

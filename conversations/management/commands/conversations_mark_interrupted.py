@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from conversations.services import STALE_STREAMING_SECONDS, messages_mark_interrupted
+from conversations.turns import STALE_STREAMING_SECONDS, messages_mark_interrupted
 
 
 class Command(BaseCommand):
