@@ -36,7 +36,7 @@ from billing.counters import counters_locked_in_id_order, period_counters
 from billing.errors import BudgetExceeded, MessageTooLong, ModelNotAllowed, ModelNotPriced, RateLimitExceeded
 from billing.limits import Scope, Verdict, limiter
 from billing.models import PeriodSpend, Price, RateLimitPolicy, Reservation
-from billing.money import ZERO, usd
+from billing.money import ZERO, usd, usd_cost, usd_left
 from billing.periods import period_end, period_start
 from billing.selectors import price_for
 
@@ -354,16 +354,19 @@ def _budget_refusal(*, checks: list, amount: Decimal, now: datetime) -> BudgetEx
     for counter, limit, what in checks:
         counter = current.get(counter.id, counter)
         if counter.spent >= limit or counter.spent + counter.reserved + amount > limit:
-            used_up = counter.spent >= limit
-            detail = (
-                f"{what} of {usd(limit)} is used up"
-                if used_up
-                else f"{what} of {usd(limit)} has {usd(max(ZERO, limit - counter.spent - counter.reserved))} "
-                f"left, less than this message may cost ({usd(amount)})"
-            )
+            left = limit - counter.spent - counter.reserved
+            if counter.spent >= limit:
+                detail = f"{what} of {usd(limit)} is used up"
+            elif left <= 0:
+                detail = f"{what} of {usd(limit)} is used up by the messages being answered now"
+            else:
+                detail = (
+                    f"{what} of {usd(limit)} has {usd_left(left)} left, "
+                    f"less than this message may cost ({usd_cost(amount)})"
+                )
             break
     else:  # it fitted when read again: another turn's reservation was released in between
-        detail = f"The monthly budget has less left than this message may cost ({usd(amount)})"
+        detail = f"The monthly budget has less left than this message may cost ({usd_cost(amount)})"
     return BudgetExceeded(
         f"{detail}; it resets on {resets_at:%Y-%m-%d} at 00:00 UTC.",
         retry_after=max(1.0, (resets_at - now).total_seconds()),

@@ -178,3 +178,55 @@ def test_a_used_up_budget_refuses_free_models_too(org_a, test_model):
     settle(auth, org_a.member)
     with pytest.raises(BudgetExceeded):
         authorize(org_a.member, model="demo")
+
+
+# --- money in refusals ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_refusal_shows_small_amounts_as_they_are(org_a, test_model):
+    organization_budget_set(organization=org_a.organization, monthly_limit_usd=Decimal("0.0001"))
+    authorize(org_a.member, prompt_tokens=30, max_output_tokens=30)  # may cost $0.00009: $0.00001 left
+    with pytest.raises(BudgetExceeded) as refused:
+        authorize(org_a.member, prompt_tokens=4, max_output_tokens=4)  # may cost $0.000012
+    assert refused.value.message.startswith(
+        "The organization's monthly budget of $0.0001 has $0.00001 left, "
+        "less than this message may cost ($0.000012); it resets on "
+    )
+
+
+@pytest.mark.django_db
+def test_a_refusal_says_used_up_when_nothing_is_left(org_a, test_model):
+    organization_budget_set(organization=org_a.organization, monthly_limit_usd=Decimal("0.0001"))
+    auth = authorize(org_a.member, prompt_tokens=98, max_output_tokens=1)  # holds the whole budget
+    with pytest.raises(BudgetExceeded) as refused:
+        authorize(org_a.member, prompt_tokens=4, max_output_tokens=4)
+    assert refused.value.message.startswith(
+        "The organization's monthly budget of $0.0001 is used up by the messages being answered now; it resets on "
+    )
+    settle(auth, org_a.member, [usage_for(auth, input_tokens=98, output_tokens=1)])
+    with pytest.raises(BudgetExceeded) as refused:
+        authorize(org_a.member, prompt_tokens=1, max_output_tokens=1)
+    assert refused.value.message.startswith("The organization's monthly budget of $0.0001 is used up; it resets on ")
+
+
+@pytest.mark.django_db
+def test_a_refusal_keeps_cents_for_normal_amounts(org_a, test_model):
+    member_budget_set(actor=fresh(org_a.owner), member=org_a.member, monthly_limit_usd=Decimal("1.50"))
+    authorize(org_a.member, prompt_tokens=1_000_000, max_output_tokens=1000)  # may cost $1.002
+    with pytest.raises(BudgetExceeded) as refused:
+        authorize(org_a.member, prompt_tokens=1_000_000, max_output_tokens=1000)
+    # What is left is never shown larger than it is, what it may cost never smaller.
+    assert refused.value.message.startswith(
+        "Your monthly budget of $1.50 has $0.49 left, less than this message may cost ($1.01); it resets on "
+    )
+
+
+def test_money_reads_in_cents_or_two_significant_digits():
+    from billing.money import usd, usd_cost, usd_left
+
+    assert [usd(Decimal(v)) for v in ("0", "12.345", "100", "0.25", "0.5", "0.006", "0.0015", "0.0000124")] == [
+        "$0.00", "$12.34", "$100.00", "$0.25", "$0.50", "$0.006", "$0.0015", "$0.000012",
+    ]  # fmt: skip
+    assert usd_left(Decimal("0.0000129")) == "$0.000012" and usd_cost(Decimal("0.0000121")) == "$0.000013"
+    assert usd_left(Decimal("0.9999")) == "$0.99" and usd_cost(Decimal("1.001")) == "$1.01"

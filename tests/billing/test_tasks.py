@@ -48,6 +48,7 @@ def test_alert_sweep_task_sends_the_email(org_a, test_model, django_capture_on_c
         assert tasks.budget_alerts_sweep.delay().get() == 1
     assert len(mail.outbox) == 1 and "90%" in mail.outbox[0].subject
     assert "resets on" in mail.outbox[0].body
+    assert "has reached 90% ($0.003 of $0.003)" in mail.outbox[0].body  # not $0.0030
 
 
 @pytest.mark.django_db
