@@ -324,7 +324,7 @@ SPECTACULAR_SETTINGS = {
     # The OpenAI-compatible endpoint (plain async views) is described by a hook of its own.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "conversations.openai_views.openapi_paths",
+        "conversations.openai.openapi.openapi_paths",
     ],
     "ENUM_NAME_OVERRIDES": {
         "MembershipRoleEnum": "accounts.models.Role.choices",

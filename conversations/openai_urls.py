@@ -4,7 +4,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import path, re_path
 
 from config.errors import ParleyError, openai_error_parts
-from conversations import openai_views
+from conversations.openai import views
 
 
 async def unknown_path(request: HttpRequest, *args, **kwargs) -> JsonResponse:
@@ -13,10 +13,11 @@ async def unknown_path(request: HttpRequest, *args, **kwargs) -> JsonResponse:
     status, body, headers = openai_error_parts(error)
     return JsonResponse(body, status=status, headers=headers)
 
+
 urlpatterns = [
-    path("chat/completions", openai_views.chat_completions, name="openai-chat-completions"),
-    path("models", openai_views.models, name="openai-models"),
-    path("models/<path:model_id>", openai_views.model_detail, name="openai-model"),
+    path("chat/completions", views.chat_completions, name="openai-chat-completions"),
+    path("models", views.models, name="openai-models"),
+    path("models/<path:model_id>", views.model_detail, name="openai-model"),
     # Last: whatever the routes above do not match.
     re_path(r"", unknown_path, name="openai-unknown"),
 ]
