@@ -14,7 +14,7 @@ import pytest
 from billing.models import LedgerEntry, Reservation
 from conversations.models import Message
 from tests.api.conftest import bearer, parse_sse
-from tests.fakeprovider.script import reply
+from tests.fakeprovider.script import reply, stream_error
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -168,3 +168,30 @@ def test_openai_error_object_before_streaming(http, key_a):
     assert response.status_code == 405
     response = http.post("/v1/chat/completions", json={"model": "demo", "messages": []})
     assert response.status_code == 401 and response.json()["error"]["code"] == "missing_api_key"
+
+
+def test_openai_stream_failing_midway_ends_with_the_error_event_and_nothing_after(http, key_a, fake_provider, org_a):
+    fake_provider.openai.script(stream_error("server", after=2))
+    response = http.post(
+        "/v1/chat/completions",
+        json={
+            "model": "gpt-5.2-instant",
+            "messages": [{"role": "user", "content": "go"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        headers=bearer(key_a),
+    )
+    assert response.status_code == 200
+    events = [block for block in response.text.split("\n\n") if block]
+    assert "data: [DONE]" not in events  # not an answer that ended normally
+    chunks = [json.loads(event[6:]) for event in events]
+    *answer, last = chunks
+    assert set(last) == {"error"} and last["error"]["code"] == "provider_error"
+    assert last["error"]["type"] == "api_error"
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in answer) == "part0 part1 "
+    assert not [c for c in answer if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert not [c for c in answer if c.get("usage")]
+    completion_id = answer[0]["id"]
+    wait_for(lambda: not Reservation.objects.filter(request_id=completion_id, status="open").exists())
+    assert LedgerEntry.objects.filter(turn_request_id=completion_id).count() == 1
