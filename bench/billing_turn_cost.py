@@ -65,7 +65,7 @@ def one_turn(membership: Membership) -> tuple[float, float]:
     request_id = f"bench-{uuid.uuid4()}"
     t0 = time.perf_counter()
     auth = turn_authorize(
-        membership=membership, model=MODEL, prompt_tokens=1200, message_chars=100,
+        membership=membership, model=MODEL, prompt_tokens=1200, longest_message_chars=100,
         max_output_tokens=800, request_id=request_id,
     )  # fmt: skip
     t1 = time.perf_counter()

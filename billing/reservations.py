@@ -178,10 +178,11 @@ def turn_authorize(
     model: str,
     models: Sequence[str] = (),
     prompt_tokens: int,
-    message_chars: int,
+    longest_message_chars: int | None = None,
     max_output_tokens: int | None,
     request_id: str,
     max_calls: int = 1,
+    message_chars: int | None = None,
 ) -> TurnAuthorization:
     """Check the tier's rules and the prices, reserve the worst-case cost, then take the rate-limit slot.
 
@@ -189,6 +190,9 @@ def turn_authorize(
     the caller allows (filter them with billing.selectors.models_billable). Each must be in the plan
     and priced; the reservation covers the dearest of them for every call, and settlement bills the
     model that really answered at its own price.
+    `longest_message_chars`: the longest single message of the whole prompt (system and earlier
+    messages included, and the tools' JSON); the plan's `max_message_chars` applies to it.
+    (`message_chars` is its old name, still accepted.)
     `max_calls`: how many provider calls the turn may make (a tool loop of N rounds makes N + 1);
     each later call's prompt is counted as growing by a whole answer, so the reservation still
     covers the worst case and the budget cannot be overshot.
@@ -197,6 +201,10 @@ def turn_authorize(
     (the budget is checked first: a budget refusal takes no rate-limit slot). Authorizing the same
     request id twice returns the first authorization (and takes no second slot).
     """
+    if longest_message_chars is None:
+        if message_chars is None:
+            raise TypeError("turn_authorize() needs longest_message_chars")
+        longest_message_chars = message_chars
     organization = membership.organization
     tier = organization.tier
     serving = _serving(model, models)
@@ -204,9 +212,10 @@ def turn_authorize(
         if not tier.allows_model(alias):
             also = "" if alias == model else f" (a fallback of “{model}”)"
             raise ModelNotAllowed(f"The {tier.name} plan does not include the model “{alias}”{also}.")
-    if message_chars > tier.max_message_chars:
+    if longest_message_chars > tier.max_message_chars:
         raise MessageTooLong(
-            f"The message is {message_chars} characters long; the {tier.name} plan allows {tier.max_message_chars}."
+            f"A message of this request is {longest_message_chars} characters long; the {tier.name} plan "
+            f"allows at most {tier.max_message_chars} characters per message (system message and tools included)."
         )
     now = timezone.now()
     prices: dict[str, Price] = {}

@@ -35,7 +35,7 @@ def one_turn(membership_id: str, tag: str) -> str:
                 membership=membership,
                 model="test-model",
                 prompt_tokens=1000,
-                message_chars=10,
+                longest_message_chars=10,
                 max_output_tokens=1000,
                 request_id=tag,
             )

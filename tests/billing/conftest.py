@@ -58,7 +58,7 @@ def fresh(membership) -> Membership:
 
 
 def authorize(membership, *, model=TEST_MODEL, prompt_tokens=1000, max_output_tokens=1000, api_key=None, rid=None,
-              message_chars=10, models=(), max_calls=1):
+              longest_message_chars=10, models=(), max_calls=1):
     return turn_authorize(
         membership=fresh(membership),
         api_key=api_key,
@@ -66,7 +66,7 @@ def authorize(membership, *, model=TEST_MODEL, prompt_tokens=1000, max_output_to
         models=models,
         max_calls=max_calls,
         prompt_tokens=prompt_tokens,
-        message_chars=message_chars,
+        longest_message_chars=longest_message_chars,
         max_output_tokens=max_output_tokens,
         request_id=rid or request_id(),
     )

@@ -24,12 +24,36 @@ def test_tier_rules(org_a, test_model):
     assert refused.value.code == "model_not_allowed"
     tier = org_a.organization.tier
     with pytest.raises(MessageTooLong) as too_long:
-        authorize(org_a.member, message_chars=tier.max_message_chars + 1)
+        authorize(org_a.member, longest_message_chars=tier.max_message_chars + 1)
     assert too_long.value.code == "message_too_long"
     auth = authorize(org_a.member, max_output_tokens=10**9)
     assert auth.max_output_tokens == tier.max_output_tokens
     assert authorize(org_a.member, max_output_tokens=50).max_output_tokens == 50
     assert authorize(org_a.member, max_output_tokens=None).max_output_tokens == tier.max_output_tokens
+
+
+@pytest.mark.django_db
+def test_the_plan_limits_the_longest_message_of_the_whole_prompt_and_says_so(org_a, test_model):
+    tier = org_a.organization.tier
+    authorize(org_a.member, longest_message_chars=tier.max_message_chars)  # at the limit: fine
+    with pytest.raises(MessageTooLong) as too_long:
+        authorize(org_a.member, longest_message_chars=200_000)
+    assert too_long.value.message == (
+        f"A message of this request is 200000 characters long; the {tier.name} plan allows at most "
+        f"{tier.max_message_chars} characters per message (system message and tools included)."
+    )
+
+
+@pytest.mark.django_db
+def test_message_chars_is_the_old_name_of_longest_message_chars(org_a, test_model):
+    from billing.reservations import turn_authorize
+
+    tier = org_a.organization.tier
+    common = dict(membership=fresh(org_a.member), model="test-model", prompt_tokens=10, max_output_tokens=10)
+    with pytest.raises(MessageTooLong):
+        turn_authorize(**common, message_chars=tier.max_message_chars + 1, request_id="old-name")
+    with pytest.raises(TypeError):
+        turn_authorize(**common, request_id="no-length")  # the check cannot be forgotten
 
 
 @pytest.mark.django_db

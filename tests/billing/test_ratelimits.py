@@ -221,7 +221,7 @@ def test_while_a_window_is_known_full_a_refusal_costs_no_query(org_a, clock, dja
 
     def turn():
         return turn_authorize(
-            membership=member, model="test-model", prompt_tokens=10, message_chars=10, max_output_tokens=10,
+            membership=member, model="test-model", prompt_tokens=10, longest_message_chars=10, max_output_tokens=10,
             request_id=request_id(),
         )  # fmt: skip
 

@@ -137,7 +137,7 @@ def test_a_tool_loop_reserves_every_call_it_may_make(org_a, test_model):
     from .conftest import fresh, request_id
 
     auth = turn_authorize(
-        membership=fresh(org_a.member), model="test-model", prompt_tokens=1000, message_chars=10,
+        membership=fresh(org_a.member), model="test-model", prompt_tokens=1000, longest_message_chars=10,
         max_output_tokens=1000, request_id=request_id(), max_calls=3,
     )  # fmt: skip
     # calls with prompts of 1000, 2000 and 3000 tokens, each answering up to 1000: $0.006 input + $0.006 output
