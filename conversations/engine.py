@@ -231,7 +231,7 @@ def turn_prepare(
         model=primary.alias,
         models=models,
         prompt_tokens=tokens,
-        message_chars=_longest_part(request, tools),
+        longest_message_chars=_longest_part(request, tools),
         max_output_tokens=request.max_output_tokens,
         request_id=request.request_id,
         max_calls=calls,
