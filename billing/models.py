@@ -154,7 +154,7 @@ class PeriodSpend(models.Model):
     """Spend and open reservations of one scope (the organization, or one member) in one period.
 
     A turn reserves with one conditional UPDATE (the amount is added only where it still fits the
-    limit), so concurrent turns cannot both pass a check that only one fits (billing.services).
+    limit), so concurrent turns cannot both pass a check that only one fits (billing.reservations).
     """
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
