@@ -178,11 +178,10 @@ def turn_authorize(
     model: str,
     models: Sequence[str] = (),
     prompt_tokens: int,
-    longest_message_chars: int | None = None,
+    longest_message_chars: int,
     max_output_tokens: int | None,
     request_id: str,
     max_calls: int = 1,
-    message_chars: int | None = None,
 ) -> TurnAuthorization:
     """Check the tier's rules and the prices, reserve the worst-case cost, then take the rate-limit slot.
 
@@ -192,7 +191,6 @@ def turn_authorize(
     model that really answered at its own price.
     `longest_message_chars`: the longest single message of the whole prompt (system and earlier
     messages included, and the tools' JSON); the plan's `max_message_chars` applies to it.
-    (`message_chars` is its old name, still accepted.)
     `max_calls`: how many provider calls the turn may make (a tool loop of N rounds makes N + 1);
     each later call's prompt is counted as growing by a whole answer, so the reservation still
     covers the worst case and the budget cannot be overshot.
@@ -201,10 +199,6 @@ def turn_authorize(
     (the budget is checked first: a budget refusal takes no rate-limit slot). Authorizing the same
     request id twice returns the first authorization (and takes no second slot).
     """
-    if longest_message_chars is None:
-        if message_chars is None:
-            raise TypeError("turn_authorize() needs longest_message_chars")
-        longest_message_chars = message_chars
     organization = membership.organization
     tier = organization.tier
     serving = _serving(model, models)

@@ -132,7 +132,7 @@ def a_objects(org_a, api_key_factory) -> TenantA:
     invitation = invitation_create(membership=org_a.owner, email="acme-invitee@example.com")
     key, secret = api_key_factory(member, name="acme-key")
     authorization = turn_authorize(
-        membership=member, model="demo", prompt_tokens=5, message_chars=5, max_output_tokens=None, request_id="acme-turn-1"
+        membership=member, model="demo", prompt_tokens=5, longest_message_chars=5, max_output_tokens=None, request_id="acme-turn-1"
     )
     turn_settle(
         authorization=authorization,

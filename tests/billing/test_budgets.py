@@ -45,18 +45,6 @@ def test_the_plan_limits_the_longest_message_of_the_whole_prompt_and_says_so(org
 
 
 @pytest.mark.django_db
-def test_message_chars_is_the_old_name_of_longest_message_chars(org_a, test_model):
-    from billing.reservations import turn_authorize
-
-    tier = org_a.organization.tier
-    common = dict(membership=fresh(org_a.member), model="test-model", prompt_tokens=10, max_output_tokens=10)
-    with pytest.raises(MessageTooLong):
-        turn_authorize(**common, message_chars=tier.max_message_chars + 1, request_id="old-name")
-    with pytest.raises(TypeError):
-        turn_authorize(**common, request_id="no-length")  # the check cannot be forgotten
-
-
-@pytest.mark.django_db
 def test_free_tier_does_not_allow_pro_models(member_factory, test_model):
     member = member_factory()  # a new organization on the free tier
     with pytest.raises(ModelNotAllowed):
