@@ -295,6 +295,8 @@ PARLEY_SITE_URL = env_str("PARLEY_SITE_URL", "http://127.0.0.1:8000")
 # The largest body Parley reads, on every endpoint (REST, /v1/, forms): larger ones answer 413
 # `payload_too_large` with this limit in the message (docs/errors.md).
 DATA_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+# A refused CSRF token answers JSON under /api/ (the HTML page elsewhere).
+CSRF_FAILURE_VIEW = "config.urls.csrf_failure"
 
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -304,7 +306,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "config.exceptions.Pagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
     # The API speaks JSON (form bodies cannot say null, and programs send JSON), read strictly: size,

@@ -2,7 +2,8 @@ from django.contrib import admin
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, include, path, re_path, resolve
-from django.views import defaults
+from django.views import csrf, defaults
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import health
@@ -10,6 +11,7 @@ from config.errors import SCHEMA_ERROR_STATUS, ParleyError, openai_error_parts
 from config.exceptions import error_response, payload_too_large
 
 
+@csrf_exempt  # a 404 whatever the method; the API's own views check CSRF for sessions (DRF)
 def api_not_found(request: HttpRequest, *args, **kwargs) -> HttpResponse:
     """Every path under /api/ that no route matches (a malformed id included): a JSON 404."""
     message = f"No such path: {request.path}"
@@ -21,6 +23,14 @@ def api_not_found(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         if match is not None and match.func is not api_not_found:
             message += f" (did you mean {request.path}/ ?)"
     return error_response(ParleyError(message, code="not_found"))
+
+
+async def openai_not_found(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    """Every path under /v1/ that no route matches: OpenAI's JSON 404 (async: /v1/ runs no sync view,
+    see config/handlers.py)."""
+    error = ParleyError(f"Invalid URL ({request.method} {request.path})", code="not_found")
+    status, body, headers = openai_error_parts(error)
+    return JsonResponse(body, status=status, headers=headers)
 
 
 urlpatterns = [
@@ -36,6 +46,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     re_path(r"^api(?:/|$)", api_not_found),
     path("v1/", include("conversations.openai_urls")),
+    re_path(r"^v1(?:/|$)", csrf_exempt(openai_not_found)),
 ]
 
 
@@ -79,6 +90,13 @@ def page_not_found(request: HttpRequest, exception: Exception | None = None) -> 
     if api is None:
         return defaults.page_not_found(request, exception)
     return _json_error(api, ParleyError(f"No such path: {request.path}", code="not_found"))
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    api = _api_of(request)
+    if api is None:
+        return csrf.csrf_failure(request, reason)
+    return _json_error(api, ParleyError(f"CSRF check failed: {reason}", code="permission_denied"))
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
