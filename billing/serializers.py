@@ -65,9 +65,18 @@ class LedgerPageSerializer(serializers.Serializer):
 
 class LedgerQuerySerializer(serializers.Serializer):
     start = serializers.DateField(required=False, help_text="First day (UTC), default: the period's first day.")
-    end = serializers.DateField(required=False, help_text="Day after the last (UTC), default: tomorrow.")
+    end = serializers.DateField(
+        required=False, help_text="Day after the last (UTC), default: tomorrow. After `start`, at most 366 days later."
+    )
     offset = serializers.IntegerField(required=False, min_value=0, max_value=10_000_000, default=0)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, default=100)
+
+    def to_internal_value(self, data):
+        # A parameter sent empty (`?start=`) is not left out: DRF would read it as absent.
+        empty = {name: ["This parameter may not be empty."] for name in self.fields if data.get(name, None) == ""}
+        if empty:
+            raise serializers.ValidationError(empty)
+        return super().to_internal_value(data)
 
     def validate(self, attrs):
         start, end = attrs.get("start"), attrs.get("end")

@@ -16,6 +16,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import BaseParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -44,6 +45,28 @@ class JSONParser(BaseParser):
             return json_loads_strict(raw)
         except InvalidBody as exc:
             raise drf.ParseError(exc.message) from None
+
+
+class Pagination(PageNumberPagination):
+    """`?page=N`, N a positive integer as the schema says: anything else (`?page=`, `?page=x`) is a
+    400 (DRF's own reads an empty page as 1 and a word as a 404); a page past the end is a 404."""
+
+    def get_page_number(self, request, paginator):
+        raw = request.query_params.get(self.page_query_param)
+        if raw is None:
+            return 1
+        if not raw.isascii() or not raw.isdigit():
+            raise drf.ValidationError({self.page_query_param: ["A page number is a positive integer."]})
+        if len(raw) > 18:
+            raise drf.NotFound("Invalid page.")  # past the end, as any page beyond the last
+        return int(raw)
+
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_query_param:
+                parameter["schema"] = {"type": "integer", "minimum": 1}
+        return parameters
 
 
 def error_response(error: ParleyError, *, status: int | None = None, **extra: Any) -> JsonResponse:
