@@ -26,8 +26,8 @@ from rest_framework.views import APIView
 from accounts.api import api_key_of, membership_of
 from accounts.errors import InvalidInput
 from accounts.serializers import error_responses
+from conversations import frames, services
 from conversations import hub as hub_module
-from conversations import services
 from conversations.generation import generation_wait
 from conversations.selectors import (
     conversation_get_for_member,
@@ -57,6 +57,8 @@ _SSE_DESCRIPTION = (
     "generation.started, delta (seq 1, 2, 3 …), tool.call, tool.result, generation.finished."
 )
 
+_SSE_RESEND = "This client_id was seen before: what exists, then (if the answer still streams) its live events."
+
 
 async def _detached(fn, /, **kwargs) -> Any:
     """Await a service in a fresh context on the running loop (see the module docstring)."""
@@ -64,17 +66,12 @@ async def _detached(fn, /, **kwargs) -> Any:
     return await asyncio.shield(task)
 
 
-def _parse_bool(value: str | None, name: str) -> bool | None:
-    if value is None or value == "":
-        return None
-    lowered = value.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    if lowered == "all":
-        return None
-    raise InvalidInput(f"`{name}` must be true, false or all.")
+def _archived_filter(value: str) -> bool | None:
+    """`?archived=` as the schema says: false (the default), true or all (None)."""
+    choices = {"false": False, "true": True, "all": None}
+    if value not in choices:
+        raise InvalidInput("`archived` must be true, false or all.", param="archived")
+    return choices[value]
 
 
 def _streaming_possible(request: Request) -> None:
@@ -91,13 +88,13 @@ class ConversationListView(GenericAPIView):
             OpenApiParameter("archived", str, enum=["false", "true", "all"], description="Default: false."),
             OpenApiParameter("search", str, description="Matches the title or the text of any message."),
         ],
-        responses={200: ConversationSerializer(many=True), **error_responses()},
+        responses={200: ConversationSerializer(many=True), **error_responses(422)},
     )
     def get(self, request: Request) -> Response:
         membership = membership_of(request)
         archived = request.query_params.get("archived", "false")
         search = request.query_params.get("search", "")[:200]
-        parsed = _parse_bool(archived, "archived")
+        parsed = _archived_filter(archived)
         queryset = conversations_page_for_member(membership=membership, archived=bool(parsed), search=search)
         if parsed is None:
             queryset = (
@@ -110,7 +107,7 @@ class ConversationListView(GenericAPIView):
     @extend_schema(
         summary="Start a conversation (without a message)",
         request=ConversationCreateSerializer,
-        responses={201: ConversationSerializer, **error_responses(403)},
+        responses={201: ConversationSerializer, **error_responses(403, 413)},
     )
     def post(self, request: Request) -> Response:
         membership = membership_of(request)
@@ -130,7 +127,7 @@ class ConversationDetailView(APIView):
     @extend_schema(
         summary="Rename, archive or unarchive a conversation, or change its model",
         request=ConversationUpdateSerializer,
-        responses={200: ConversationSerializer, **error_responses(403)},
+        responses={200: ConversationSerializer, **error_responses(403, 413)},
     )
     def patch(self, request: Request, conversation_id: uuid.UUID) -> Response:
         membership = membership_of(request)
@@ -179,13 +176,13 @@ async def _start_following(service, kwargs: dict, subscriber: hub_module.QueueSu
     if not started.created:
         # A resend of a known client_id: what exists, then (if it still streams) a snapshot and live frames.
         if started.user_message is not None:
-            first.append(services.message_created_frame(started.user_message))
+            first.append(frames.message_created(started.user_message))
         answer = started.assistant_message
         if answer.is_terminal:
             first.append(
-                hub_module.started_frame(message_id=answer.id, conversation_id=answer.conversation_id, model=answer.model)
+                frames.generation_started(message_id=answer.id, conversation_id=answer.conversation_id, model=answer.model)
             )
-            first.append(hub_module.finished_frame(answer))
+            first.append(frames.generation_finished(answer))
         else:
             await hub_module.default().follow(subscriber, answer.conversation_id)
     return started, first
@@ -228,6 +225,7 @@ class MessageListView(GenericAPIView):
             201: OpenApiResponse(TurnSerializer, description="The turn, with the finished answer."),
             200: OpenApiResponse(TurnSerializer, description="This client_id was seen before: what exists."),
             (201, "text/event-stream"): OpenApiResponse(SSEEventSerializer, description=_SSE_DESCRIPTION),
+            (200, "text/event-stream"): OpenApiResponse(SSEEventSerializer, description=_SSE_RESEND),
             **error_responses(403, 409, 413, 422, 429),
         },
     )
@@ -254,6 +252,7 @@ class ConversationSendView(APIView):
             201: OpenApiResponse(TurnSerializer, description="The turn, with the finished answer."),
             200: OpenApiResponse(TurnSerializer, description="This client_id was seen before: what exists."),
             (201, "text/event-stream"): OpenApiResponse(SSEEventSerializer, description=_SSE_DESCRIPTION),
+            (200, "text/event-stream"): OpenApiResponse(SSEEventSerializer, description=_SSE_RESEND),
             **error_responses(403, 413, 422, 429),
         },
     )
@@ -280,7 +279,8 @@ class RegenerateView(APIView):
             201: OpenApiResponse(TurnSerializer, description="The new answer (user_message is null)."),
             200: OpenApiResponse(TurnSerializer, description="This client_id was seen before: what exists."),
             (201, "text/event-stream"): OpenApiResponse(SSEEventSerializer, description=_SSE_DESCRIPTION),
-            **error_responses(403, 409, 422, 429),
+            (200, "text/event-stream"): OpenApiResponse(SSEEventSerializer, description=_SSE_RESEND),
+            **error_responses(403, 409, 413, 422, 429),
         },
     )
     def post(self, request: Request, conversation_id: uuid.UUID) -> Any:
