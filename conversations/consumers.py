@@ -24,7 +24,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from accounts.errors import InvalidInput, PermissionDenied, Unauthenticated
 from accounts.selectors import membership_refresh
 from config.errors import ParleyError
-from conversations import frames, services
+from conversations import frames, turns
 from conversations import hub as hub_module
 from conversations.db import db_async
 from conversations.errors import FrameTooLarge
@@ -199,7 +199,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         content = _content(frame)
         client_id = _uuid(frame.get("client_id"), "client_id")
         await self._recheck()
-        started = await services.turn_start(
+        started = await turns.turn_start(
             membership=self.membership,
             api_key=self.api_key,
             conversation_id=conversation_id,
@@ -215,7 +215,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         conversation_id = _uuid(frame.get("conversation"), "conversation")
         client_id = _uuid(frame.get("client_id"), "client_id")
         await self._recheck()
-        started = await services.turn_regenerate(
+        started = await turns.turn_regenerate(
             membership=self.membership,
             api_key=self.api_key,
             conversation_id=conversation_id,
@@ -230,7 +230,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         content = _content(frame)
         client_id = _uuid(frame.get("client_id"), "client_id")
         await self._recheck()
-        started = await services.turn_edit(
+        started = await turns.turn_edit(
             membership=self.membership,
             api_key=self.api_key,
             message_id=message_id,
@@ -241,7 +241,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         await self._answer_existing(started)
 
-    async def _answer_existing(self, started: services.TurnStarted) -> None:
+    async def _answer_existing(self, started: turns.TurnStarted) -> None:
         """A resend of a known client_id: answer with what exists (the new turn's frames come from the hub)."""
         if started.created:
             return
@@ -259,7 +259,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _stop(self, frame: dict) -> None:
         message_id = _uuid(frame.get("message"), "message")
         await self._recheck()
-        await services.generation_stop(membership=self.membership, message_id=message_id, hub=self._hub)
+        await turns.generation_stop(membership=self.membership, message_id=message_id, hub=self._hub)
 
     async def _subscribe(self, frame: dict) -> None:
         conversation_id = _uuid(frame.get("conversation"), "conversation")

@@ -29,11 +29,11 @@ from decimal import Decimal
 from uuid import UUID
 
 from asgiref.sync import async_to_sync
-from billing.reservations import TurnAuthorization, turn_authorize
-from billing.settlement import turn_settle
 
 from accounts.models import ApiKey, Membership
+from billing.reservations import TurnAuthorization, turn_authorize
 from billing.selectors import models_billable
+from billing.settlement import turn_settle
 from config.errors import ParleyError, error_from_llm
 from conversations.db import db_async
 from llm import chat as llm_chat

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from conversations import engine
+from conversations import engine, frames
 from conversations import hub as hub_module
 from conversations.db import db_async
 from conversations.followups import followups_dispatch
@@ -109,7 +109,7 @@ class Generation(engine.Sink):
             self.billed.cancel()
 
     def snapshot(self) -> dict:
-        return hub_module.snapshot_frame(message_id=self._mid, seq=self.seq, content="".join(self.chunks))
+        return frames.message_snapshot(message_id=self._mid, seq=self.seq, content="".join(self.chunks))
 
     # --- the engine's sink -------------------------------------------------------------------
 
@@ -145,7 +145,7 @@ class Generation(engine.Sink):
     async def finished(self, outcome: engine.Outcome) -> None:
         try:
             if self.result is not None:
-                await self.hub.publish(self.conversation_id, hub_module.finished_frame(self.result))
+                await self.hub.publish(self.conversation_id, frames.generation_finished(self.result))
         except Exception:
             logger.exception("publishing the end of %s failed", self.message_id)
         finally:
@@ -187,7 +187,7 @@ class Generation(engine.Sink):
             self.chunks.append(text)
             await self.hub.publish(
                 self.conversation_id,
-                {"type": "delta", "message": self._mid, "seq": self.seq, "text": text},
+                frames.delta(message_id=self._mid, seq=self.seq, text=text),
                 remote=self.remote,
             )
 
@@ -195,7 +195,10 @@ class Generation(engine.Sink):
         await self._flush()
         call = {"id": event.id, "name": event.name, "arguments": event.arguments}
         self._tool_events.append({"call": call})
-        await self.hub.publish(self.conversation_id, {"type": "tool.call", "message": self._mid, "call": call})
+        await self.hub.publish(
+            self.conversation_id,
+            frames.tool_call(message_id=self._mid, call_id=event.id, name=event.name, arguments=event.arguments),
+        )
 
     async def _tool_result(self, event: ToolResult) -> None:
         await self._flush()
@@ -206,7 +209,7 @@ class Generation(engine.Sink):
                 break
         await self.hub.publish(
             self.conversation_id,
-            {"type": "tool.result", "message": self._mid, "call_id": event.call_id, "result": event.result},
+            frames.tool_result(message_id=self._mid, call_id=event.call_id, result=event.result),
         )
 
 

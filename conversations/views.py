@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.errors import InvalidInput, NotFound, ParleyError
 from conversations import services
 from conversations.forms import ConversationStartForm, PersonaForm
-from conversations.hub import cost_str
+from conversations.frames import cost_str
 from conversations.markdown import render_markdown
 from conversations.models import Conversation, Message, Role, Status
 from conversations.selectors import (

@@ -652,13 +652,17 @@
     var m = messages.get(frame.message);
     if (!m || m.status !== "streaming") return;
     m.lastFrame = Date.now();
-    if (m.awaiting || frame.seq <= m.seq) return; // waiting for a snapshot, or seen already
+    if (frame.seq <= m.seq) return; // seen already
     if (frame.seq !== m.seq + 1) {
-      // A gap: the socket or the channel layer lost frames. The snapshot sets things right.
-      m.awaiting = true;
-      send({ type: "conversation.subscribe", conversation: conversationId, after_seq: m.seq });
+      // A gap: the socket or the channel layer lost frames. Resubscribing with the seq we have
+      // replays the deltas after it (or sends a snapshot); later deltas wait for that.
+      if (!m.awaiting) {
+        m.awaiting = true;
+        send({ type: "conversation.subscribe", conversation: conversationId, after_seq: m.seq });
+      }
       return;
     }
+    m.awaiting = false;
     m.seq = frame.seq;
     m.content += frame.text;
     scheduleRender(m);
@@ -743,7 +747,8 @@
   function onFinished(message) {
     var m = messages.get(message.id);
     if (!m) return;
-    if (m.status !== "streaming" && m.finishedSeen) return;
+    // Told already (or shown finished from the page): subscribing tells the last answer's end again.
+    if (m.status !== "streaming") return;
     m.finishedSeen = true;
     // The protocol's invariant: the deltas (or a snapshot and the deltas after it) add up to the content.
     stats.finished += 1;
@@ -847,6 +852,13 @@
         signedOut = true;
         setConn("offline", "signed out");
         showAlert("unauthenticated", "You are signed out. Log in again to keep chatting.");
+        return;
+      }
+      if (event.code === 4403) {
+        // No longer a member of this organization (or no access): reconnecting cannot help.
+        signedOut = true;
+        setConn("offline", "no access");
+        showAlert("permission_denied", "You no longer have access to this organization. Reload the page.");
         return;
       }
       scheduleReconnect();

@@ -3,6 +3,8 @@ clear message on the REST API and the OpenAI-compatible endpoint, a refused webs
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 from channels.testing import WebsocketCommunicator
@@ -46,4 +48,7 @@ async def test_websocket_refuses_it(free_key):
 
     communicator = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"authorization", f"Bearer {free_key}".encode())])
     connected, _ = await communicator.connect()
-    assert not connected
+    # Accepted, told why, then closed with 4403 (docs/protocol.md), not a bare HTTP 403 at the upgrade.
+    assert connected
+    assert json.loads(await communicator.receive_from())["code"] == "permission_denied"
+    assert (await communicator.receive_output())["code"] == 4403
