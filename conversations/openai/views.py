@@ -404,19 +404,13 @@ def _conversation_content(body: ChatCompletionBody) -> str:
     return content
 
 
-def _turn_start():
-    try:
-        from conversations.turns import turn_start
-    except ImportError:  # before the turn services moved
-        from conversations.services import turn_start
-    return turn_start
-
-
 async def _conversation_turn(*, membership, key, body: ChatCompletionBody, target: str) -> HttpResponse:
+    from conversations.turns import generation_wait, turn_start
+
     content = _conversation_content(body)
-    subscriber = hub_module.QueueSubscriber()
+    subscriber = hub_module.QueueSubscriber() if body.stream else None
     started = await _detached(
-        _turn_start()(
+        turn_start(
             membership=membership,
             api_key=key,
             conversation_id=None if target == "new" else uuid.UUID(target),
@@ -426,33 +420,34 @@ async def _conversation_turn(*, membership, key, body: ChatCompletionBody, targe
             subscriber=subscriber,
         )
     )
-    answer_id = str(started.assistant_message.id)
-    completion_id, created = "chatcmpl-" + started.assistant_message.id.hex, shapes.created_now()
+    answer = started.assistant_message
+    completion_id, created = "chatcmpl-" + answer.id.hex, shapes.created_now()
     headers = {CONVERSATION_HEADER: str(started.conversation.id)}
-    frames = _answer_frames(subscriber, started.conversation.id, answer_id)
-    if not body.stream:
-        try:
-            async with asyncio.timeout(ANSWER_WAIT_SECONDS):
-                finished = [frame async for frame in frames if frame["type"] == "generation.finished"][-1]
-        except TimeoutError:
-            return error_response(ParleyError("The answer took too long.", code="provider_timeout"), headers=headers)
-        message = finished["message"]
-        error = _message_error(message)
-        if error is not None:
-            return error_response(error, headers=headers)
-        return JsonResponse(
-            shapes.completion_body(
-                completion_id=completion_id,
-                created=created,
-                model=message.get("model") or body.model,
-                text=message["content"],
-                tool_calls=[],
-                finish=shapes.finish_reason(message.get("finish_reason"), tool_calls=False),
-                usage=_message_usage(message),
-            ),
-            headers=headers,
+    if subscriber is not None:
+        frames = _answer_frames(subscriber, started.conversation.id, str(answer.id))
+        return sse_response(_conversation_chunks(frames, body, completion_id, created), headers=headers)
+    # A client that goes away meanwhile only stops waiting: the turn goes on, is saved and billed once.
+    try:
+        async with asyncio.timeout(ANSWER_WAIT_SECONDS):
+            answer = await generation_wait(answer.id)
+    except TimeoutError:
+        return error_response(ParleyError("The answer took too long.", code="provider_timeout"), headers=headers)
+    if answer.error_code:
+        return error_response(
+            ParleyError(answer.error_message or "The answer failed.", code=answer.error_code), headers=headers
         )
-    return sse_response(_conversation_chunks(frames, body, completion_id, created), headers=headers)
+    return JsonResponse(
+        shapes.completion_body(
+            completion_id=completion_id,
+            created=created,
+            model=answer.model or body.model,  # the model that answered (a fallback's, when one did)
+            text=answer.content,
+            tool_calls=[],
+            finish=shapes.finish_reason(getattr(answer, "finish_reason", None), tool_calls=False),
+            usage=shapes.usage_from_counts(input_tokens=answer.input_tokens, output_tokens=answer.output_tokens),
+        ),
+        headers=headers,
+    )
 
 
 async def _answer_frames(subscriber: hub_module.QueueSubscriber, conversation_id, answer_id: str) -> AsyncIterator[dict]:

@@ -323,3 +323,26 @@ def test_every_parameter_is_described_in_the_openapi_schema_and_in_the_docs():
     assert set(REQUEST_SCHEMA["properties"]) == set(PARAMETERS)
     docs = Path(__file__).resolve().parents[2].joinpath("docs", "api.md").read_text()
     assert [name for name in PARAMETERS if f"`{name}`" not in docs] == []
+
+
+def test_a_conversation_answer_failing_midway_is_an_error_the_sdk_raises(client, org_a):
+    from conversations.models import Message
+
+    new = {"X-Parley-Conversation": "new"}
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "/fail"}], extra_headers=new)
+    assert caught.value.status_code == 502 and caught.value.body["code"] == "provider_error"
+    conversation_id = caught.value.response.headers["X-Parley-Conversation"]
+    answer = Message.objects.get(conversation_id=conversation_id, role="assistant")
+    assert answer.status == "failed" and answer.content  # the partial text is kept, and billed
+    assert LedgerEntry.objects.filter(message_id=answer.id).count() == 1
+    stream = client.chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "/fail"}], stream=True,
+        extra_headers={"X-Parley-Conversation": conversation_id},
+    )  # fmt: skip
+    chunks = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in stream:
+            chunks.append(chunk)
+    assert caught.value.body["code"] == "provider_error"
+    assert not [c for c in chunks if c.choices and c.choices[0].finish_reason]
