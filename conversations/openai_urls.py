@@ -4,7 +4,6 @@ from django.urls import path
 
 from conversations.openai import views
 
-
 urlpatterns = [
     path("chat/completions", views.chat_completions, name="openai-chat-completions"),
     path("models", views.models, name="openai-models"),
