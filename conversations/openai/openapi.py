@@ -52,11 +52,42 @@ TOOL_CALL_SCHEMA = {
 _TEXT_PART = {
     "type": "object",
     "required": ["type", "text"],
-    "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+    "properties": {"type": {"type": "string", "enum": ["text", "input_text"]}, "text": {"type": "string"}},
+    "additionalProperties": False,
+}
+_REFUSAL_PART = {
+    "type": "object",
+    "required": ["type", "refusal"],
+    "properties": {"type": {"type": "string", "enum": ["refusal"]}, "refusal": {"type": "string"}},
+    "additionalProperties": False,
 }
 _CONTENT = {
     "description": "A string, or an array of text parts (image, audio and file parts: 400 `unsupported_parameter`).",
     "oneOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}],
+}
+_ASSISTANT_CONTENT = {
+    "description": "A string, or an array of text and refusal parts; null with `tool_calls`.",
+    "nullable": True,
+    "oneOf": [{"type": "string"}, {"type": "array", "items": {"oneOf": [_TEXT_PART, _REFUSAL_PART]}}],
+}
+_NULL = {"enum": [None], "nullable": True, "description": "Accepted as null only (an earlier answer's field)."}
+TOOL_CALL_IN_SCHEMA = {
+    "type": "object",
+    "required": ["id", "function"],
+    "properties": {
+        "id": {"type": "string", "minLength": 1, "maxLength": 256},
+        "type": {"type": "string", "enum": ["function"]},
+        "function": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 256},
+                "arguments": {"oneOf": [{"type": "string", "description": "JSON text"}, {"type": "object"}]},
+            },
+            "additionalProperties": False,
+        },
+    },
+    "additionalProperties": False,
 }
 _NAME = {"type": "string", "maxLength": 256, "description": "A participant name: accepted, not sent to the model."}
 MESSAGE_SCHEMA = {
@@ -81,11 +112,13 @@ MESSAGE_SCHEMA = {
             "required": ["role"],
             "properties": {
                 "role": {"type": "string", "enum": ["assistant"]},
-                "content": {**_CONTENT, "nullable": True},
+                "content": _ASSISTANT_CONTENT,
                 "name": _NAME,
                 "refusal": {"type": "string", "nullable": True},
-                "tool_calls": {"type": "array", "items": TOOL_CALL_SCHEMA, "maxItems": MAX_TOOLS},
+                "tool_calls": {"type": "array", "items": TOOL_CALL_IN_SCHEMA, "maxItems": MAX_TOOLS, "nullable": True},
                 "annotations": {"type": "array", "items": {}, "nullable": True, "description": "Ignored."},
+                "audio": _NULL,
+                "function_call": _NULL,
             },
             "additionalProperties": False,
         },
@@ -97,6 +130,7 @@ MESSAGE_SCHEMA = {
                 "role": {"type": "string", "enum": ["tool"]},
                 "content": _CONTENT,
                 "tool_call_id": {"type": "string", "minLength": 1, "maxLength": 256},
+                "name": _NAME,
             },
             "additionalProperties": False,
         },

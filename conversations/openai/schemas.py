@@ -43,7 +43,7 @@ _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=Tr
 # Parts of an earlier answer that a client sends back as they came (the SDK's `model_dump()` of an
 # assistant message): known keys are declared; unknown ones are refused like everywhere else.
 
-_FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the whole name (fullmatch)
 
 
 def _refused(message: str) -> PydanticCustomError:
@@ -273,7 +273,7 @@ class FunctionDefinition(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _FUNCTION_NAME.match(value):
+        if not _FUNCTION_NAME.fullmatch(value):
             raise PydanticCustomError("invalid_value", "a function name is 1 to 64 letters, digits, `_` or `-`")
         return value
 
@@ -365,7 +365,7 @@ class JsonSchemaSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _FUNCTION_NAME.match(value):
+        if not _FUNCTION_NAME.fullmatch(value):
             raise PydanticCustomError("invalid_value", "a schema name is 1 to 64 letters, digits, `_` or `-`")
         return value
 
