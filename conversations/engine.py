@@ -231,7 +231,8 @@ def turn_prepare(
         model=primary.alias,
         models=models,
         prompt_tokens=tokens,
-        longest_message_chars=_longest_part(request, tools),
+        # The plan limits what the client sends: its messages and its tools, not Parley's own tools.
+        longest_message_chars=_longest_part(request, tuple(request.tools)),
         max_output_tokens=request.max_output_tokens,
         request_id=request.request_id,
         max_calls=calls,
