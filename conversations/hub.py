@@ -45,12 +45,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The frame builders moved to conversations.frames; these names stay until every caller uses frames.*.
-started_frame = frames.generation_started
-snapshot_frame = frames.message_snapshot
-finished_frame = frames.generation_finished
-cost_str = frames.cost_str
-
 SYNC_TIMEOUT = 1.5  # seconds to wait for the owning process to answer a snapshot request
 
 
