@@ -26,7 +26,7 @@ from rest_framework.views import APIView
 from accounts.api import api_key_of, membership_of
 from accounts.errors import InvalidInput
 from accounts.serializers import error_responses
-from conversations import frames, services
+from conversations import frames, services, turns
 from conversations import hub as hub_module
 from conversations.generation import generation_wait
 from conversations.selectors import (
@@ -148,7 +148,7 @@ def _valid(serializer_class, data) -> dict:
     return dict(serializer.validated_data)
 
 
-def _turn_body(started: services.TurnStarted, answer) -> dict:
+def _turn_body(started: turns.TurnStarted, answer) -> dict:
     return TurnSerializer(
         {
             "conversation": started.conversation,
@@ -159,7 +159,7 @@ def _turn_body(started: services.TurnStarted, answer) -> dict:
     ).data
 
 
-async def _start_and_wait(service, kwargs: dict) -> tuple[services.TurnStarted, Any]:
+async def _start_and_wait(service, kwargs: dict) -> tuple[turns.TurnStarted, Any]:
     started = await _detached(service, **kwargs)
     answer = started.assistant_message
     try:
@@ -240,7 +240,7 @@ class MessageListView(GenericAPIView):
             "model": data["model"] or None,
             "client_id": data["client_id"] or uuid.uuid4(),
         }
-        return _turn_response(request, services.turn_start, kwargs, data["stream"])
+        return _turn_response(request, turns.turn_start, kwargs, data["stream"])
 
 
 class ConversationSendView(APIView):
@@ -267,7 +267,7 @@ class ConversationSendView(APIView):
             "model": data["model"] or None,
             "client_id": data["client_id"] or uuid.uuid4(),
         }
-        return _turn_response(request, services.turn_start, kwargs, data["stream"])
+        return _turn_response(request, turns.turn_start, kwargs, data["stream"])
 
 
 class RegenerateView(APIView):
@@ -294,7 +294,7 @@ class RegenerateView(APIView):
             "model": data["model"] or None,
             "client_id": data["client_id"] or uuid.uuid4(),
         }
-        return _turn_response(request, services.turn_regenerate, kwargs, data["stream"])
+        return _turn_response(request, turns.turn_regenerate, kwargs, data["stream"])
 
 
 class MessageDetailView(APIView):
@@ -305,7 +305,7 @@ class MessageDetailView(APIView):
 
 
 async def _stop_and_wait(membership, message_id: uuid.UUID):
-    message = await _detached(services.generation_stop, membership=membership, message_id=message_id)
+    message = await _detached(turns.generation_stop, membership=membership, message_id=message_id)
     if message.is_terminal:
         return message
     try:

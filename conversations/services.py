@@ -14,17 +14,7 @@ from accounts.models import Membership
 from conversations.errors import Busy
 from conversations.models import DEFAULT_MODEL, Conversation, Message, Persona, Status
 from conversations.selectors import conversation_get_for_member, persona_get_for_member
-from conversations.turns import (  # noqa: F401 - the turn's services, re-exported for the interfaces
-    STALE_STREAMING_SECONDS,
-    TurnStarted,
-    _model_info,
-    generation_stop,
-    generation_wait,
-    messages_mark_interrupted,
-    turn_edit,
-    turn_regenerate,
-    turn_start,
-)
+from conversations.turns import model_info_for
 
 TITLE_MAX_CHARS = 80
 
@@ -37,7 +27,7 @@ def conversation_create(
 ) -> Conversation:
     persona = persona_get_for_member(membership=membership, persona_id=persona_id) if persona_id else None
     alias = model or DEFAULT_MODEL
-    _model_info(alias)
+    model_info_for(alias)
     return Conversation.objects.create(
         organization_id=membership.organization_id,
         owner_id=membership.user_id,
@@ -69,7 +59,7 @@ def conversation_update(
         conversation.archived = bool(archived)
         fields.append("archived")
     if model is not _UNSET:
-        _model_info(model)
+        model_info_for(model)
         conversation.model = model
         fields.append("model")
     if system_prompt is not _UNSET:

@@ -77,7 +77,7 @@ def _tools_for(membership: Membership, model: str):
     return None
 
 
-def _model_info(alias: str):
+def model_info_for(alias: str):
     try:
         return model_get(alias)
     except ModelUnavailable as exc:
@@ -238,7 +238,7 @@ def _turn_begin_locked(
         if model and model != conversation.model:
             conversation.model = model
     alias = model or conversation.model
-    model_info = _model_info(alias)
+    model_info = model_info_for(alias)
     tier = membership.organization.tier
     fit_output = min(tier.max_output_tokens, model_info.max_output_tokens)
 

@@ -16,7 +16,7 @@ from conversations import hub as hub_module
 from conversations.consumers import ChatConsumer
 from conversations.generation import generation_wait
 from conversations.models import Message, Status
-from conversations.services import turn_start
+from conversations.turns import turn_start
 from tests.conversations.conftest import joined_deltas, ledger_for, wait_idle
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
