@@ -296,6 +296,13 @@ class BilledStream:
         self.done = asyncio.Event()
         self.outcome: Outcome | None = None
         self._stop_requested = False
+        self._stream = None
+
+    @property
+    def model(self) -> str:
+        """The alias answering: a fallback's once it streams (fallbacks happen only before the first text)."""
+        answering = self._stream.model if self._stream is not None else None
+        return answering.alias if answering is not None else self.prepared.request.model
 
     def start(self) -> None:
         _running[self.id] = self
@@ -318,7 +325,9 @@ class BilledStream:
         stream = None
         try:
             await sink.opened()
-            stream = llm_chat.stream_chat(prepared.request, toolset=toolset, max_tool_rounds=prepared.max_tool_rounds)
+            stream = self._stream = llm_chat.stream_chat(
+                prepared.request, toolset=toolset, max_tool_rounds=prepared.max_tool_rounds
+            )
             async for event in stream:
                 kind = type(event)
                 if kind is TextDelta:

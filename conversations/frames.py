@@ -97,6 +97,7 @@ def generation_finished(message) -> dict:
         "message": {
             "id": str(message.id),
             "status": message.status,
+            "model": message.model,  # the model that answered: a fallback's, when one did
             "content": message.content,
             "usage": {
                 "input_tokens": message.input_tokens,

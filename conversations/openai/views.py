@@ -333,6 +333,7 @@ async def _chunks(
     )
     ended = False
     try:
+        writer.model = billed.model  # the first events are in: a fallback that answers is known by now
         out = [writer.head()]
         batch: list | None = first
         while batch is not None:
