@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -118,21 +119,31 @@ class VendorScript:
             return self._queue.popleft() if self._queue else self.default
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that closes its connection (a stopped stream, a pooled keep-alive dropped) is
+        # normal here; anything else is still printed.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class FakeProviderServer:
     def __init__(self) -> None:
         self.openai = VendorScript("openai")
         self.anthropic = VendorScript("anthropic")
         self.gemini = VendorScript("gemini")
         self._release = threading.Event()
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: _QuietHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> FakeProviderServer:
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _QuietHTTPServer(("127.0.0.1", 0), handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-provider", daemon=True)
         self._thread.start()
         return self
