@@ -189,8 +189,8 @@ def turn_prepare(
 ) -> Prepared:
     """Check the plan and reserve the worst case (sync: it uses the database).
 
-    `prompt_tokens`: the caller's own count (conversation turns count from stored per-message
-    counts); by default the request is counted here.
+    `prompt_tokens`: the caller's own count of the messages (conversation turns count from stored
+    per-message counts); by default the request is counted here. The tools are counted here either way.
     """
     membership = caller.membership
     tier = membership.organization.tier
@@ -208,7 +208,10 @@ def turn_prepare(
         raise UnsupportedParameter(
             f"The model “{primary.alias}” does not support {names}.", param=unsupported[0]
         )
-    tokens = prompt_tokens if prompt_tokens is not None else _prompt_tokens(request, tools)
+    if prompt_tokens is None:
+        tokens = _prompt_tokens(request, tools)
+    else:  # the caller counted the messages; the tools are sent (and billed) too
+        tokens = prompt_tokens + (count_text(_tools_json(tools), request.model) if tools else 0)
     if tokens >= primary.context_window:
         raise ContextTooLong(
             f"The prompt is about {tokens} tokens; the model “{primary.alias}” reads at most "

@@ -261,3 +261,15 @@ def test_a_turn_with_tools_reserves_every_call_of_the_tool_loop(org_a, fake_prov
     # Each later call of the loop carries a prompt at least as long as the first: at least N + 1 times one call.
     assert without_tools > 0
     assert with_tools >= (MAX_TOOL_ROUNDS + 1) * without_tools
+
+
+def test_the_reservation_counts_the_tools_sent_with_the_prompt(org_a):
+    """The provider bills the tools' definitions as input: the reservation covers them too."""
+    from billing.models import Reservation
+    from llm.tokens import count_text
+
+    started, prepared = _begin(org_a.member, None, content="hello")
+    assert started.toolset  # the demo model gets the plan's tools
+    tools_tokens = count_text(engine._tools_json(started.toolset.specs()), "demo")
+    reservation = Reservation.objects.get(id=prepared.authorization.reservation_id)
+    assert reservation.prompt_tokens >= started.user_message.token_count + tools_tokens
