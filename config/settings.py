@@ -10,8 +10,14 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# `.env` in the project root (or the file PARLEY_ENV_FILE names) fills in variables the real
+# environment does not set: the environment always wins. Tests never read it.
+if not os.environ.get("PARLEY_TESTING"):
+    load_dotenv(os.environ.get("PARLEY_ENV_FILE") or BASE_DIR / ".env", override=False)
 
 
 def env_str(name: str, default: str = "") -> str:
@@ -126,14 +132,21 @@ if DATABASE_URL:
     if _db["ENGINE"] == "django.db.backends.postgresql":
         # Under ASGI, persistent connections leak per thread; psycopg's pool is the supported way.
         _db["CONN_MAX_AGE"] = 0
-        _db["CONN_HEALTH_CHECKS"] = env_bool("DATABASE_HEALTH_CHECKS", False)
+        # A PostgreSQL restart leaves every pooled connection dead: the pool checks a connection
+        # before lending it (one round trip) and Django checks it again before reusing it, so a
+        # restart costs at most the requests in flight (README, "Faults").
+        _db["CONN_HEALTH_CHECKS"] = env_bool("DATABASE_HEALTH_CHECKS", True)
         # Server-side binding lets psycopg prepare the queries a connection repeats (every turn's).
         _db.setdefault("OPTIONS", {})["server_side_binding"] = env_bool("DATABASE_SERVER_SIDE_BINDING", True)
         _db["OPTIONS"]["pool"] = {
             "min_size": env_int("DATABASE_POOL_MIN", 2),
             "max_size": env_int("DATABASE_POOL_MAX", 20),
-            "timeout": 10,
+            "timeout": env_int("DATABASE_POOL_TIMEOUT", 10),
         }
+        if env_bool("DATABASE_POOL_CHECK", True):
+            from psycopg_pool import ConnectionPool
+
+            _db["OPTIONS"]["pool"]["check"] = ConnectionPool.check_connection
         if env_str("DATABASE_TEST_NAME"):
             _db["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME")}
     DATABASES = {"default": _db}
@@ -180,6 +193,18 @@ else:
 
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TIMEZONE = "UTC"
+# Slow model work (titles, summaries: seconds each) has its own queue and worker, so it never
+# delays the money sweeps (recovery of crashed turns, expired reservations) on the default queue.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_ROUTES = {
+    "conversations.tasks.conversation_title": {"queue": "models"},
+    "conversations.tasks.conversation_summarize": {"queue": "models"},
+}
+# A Redis restart must not end the worker: it reconnects for as long as it takes.
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Each app adds its periodic tasks in its own `beat.py`; config/celery.py collects them.
 CELERY_BEAT_SCHEDULE: dict = {}
