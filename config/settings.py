@@ -132,9 +132,9 @@ if DATABASE_URL:
     if _db["ENGINE"] == "django.db.backends.postgresql":
         # Under ASGI, persistent connections leak per thread; psycopg's pool is the supported way.
         _db["CONN_MAX_AGE"] = 0
-        # A PostgreSQL restart leaves every pooled connection dead: the pool checks a connection
-        # before lending it (one round trip) and Django checks it again before reusing it, so a
-        # restart costs at most the requests in flight (README, "Faults").
+        # A PostgreSQL restart leaves every pooled connection dead. With health checks on, Django
+        # has psycopg's pool check a connection before lending it (one round trip), so a restart
+        # costs at most the requests in flight (README, "Faults").
         _db["CONN_HEALTH_CHECKS"] = env_bool("DATABASE_HEALTH_CHECKS", True)
         # Server-side binding lets psycopg prepare the queries a connection repeats (every turn's).
         _db.setdefault("OPTIONS", {})["server_side_binding"] = env_bool("DATABASE_SERVER_SIDE_BINDING", True)
@@ -143,10 +143,6 @@ if DATABASE_URL:
             "max_size": env_int("DATABASE_POOL_MAX", 20),
             "timeout": env_int("DATABASE_POOL_TIMEOUT", 10),
         }
-        if env_bool("DATABASE_POOL_CHECK", True):
-            from psycopg_pool import ConnectionPool
-
-            _db["OPTIONS"]["pool"]["check"] = ConnectionPool.check_connection
         if env_str("DATABASE_TEST_NAME"):
             _db["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME")}
     DATABASES = {"default": _db}
