@@ -71,6 +71,12 @@ def readyz(request):
 # Requests relayed by a proxy carry one of these: without a token, only a direct scrape from an
 # internal address is served (behind nginx, REMOTE_ADDR is the proxy's private address).
 _FORWARDED = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+# Loopback and the private ranges (RFC 1918, IPv6 unique local). Not `ip.is_private`, which also
+# counts the documentation and other reserved ranges.
+_INTERNAL_NETWORKS = tuple(
+    ipaddress.ip_network(net)
+    for net in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "::1/128", "fc00::/7")
+)
 
 
 def _metrics_token() -> str:
@@ -86,7 +92,7 @@ def _internal(request) -> bool:
         return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return address.is_loopback or address.is_private
+    return any(address in network for network in _INTERNAL_NETWORKS)
 
 
 def _bearer_matches(request, token: str) -> bool:
