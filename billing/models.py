@@ -186,6 +186,7 @@ class ReservationStatus(models.TextChoices):
     OPEN = "open", "Open"
     SETTLED = "settled", "Settled"
     EXPIRED = "expired", "Expired (released by the sweeper)"
+    RECOVERED = "recovered", "Recovered (its process died: billed from the usage record)"
 
 
 class Reservation(models.Model):
@@ -207,10 +208,20 @@ class Reservation(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
     closed_at = models.DateTimeField(null=True, blank=True)
+    # Written about once a second by the process streaming the turn (conversations.engine): the
+    # provider calls it has made and the one streaming now, with the tokens so far. A reservation
+    # whose heartbeat stops is settled from this record (billing.settlement.reservation_settle_recorded).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    recorded = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "expires_at"], name="reservation_open_expiry")]
+        indexes = [
+            models.Index(fields=["status", "expires_at"], name="reservation_open_expiry"),
+            models.Index(
+                fields=["heartbeat_at"], name="reservation_open_heartbeat", condition=Q(status="open")
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.request_id}: ${self.amount} ({self.status})"

@@ -149,17 +149,20 @@ def _serving(model: str, models: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys((model, *models)))
 
 
-def _worst_case(*, prices: dict[str, Price], output_tokens: int, prompt_tokens: int, calls: int) -> Decimal:
+def _worst_case(
+    *, prices: dict[str, Price], output_tokens: int, prompt_tokens: dict[str, int], calls: int
+) -> Decimal:
     """The most the turn can cost: each call on the dearest model that may serve it.
 
-    Each model answers at most its own output limit (llm clamps the request to it); each later
-    call's prompt grows by a whole answer of the most any model may write.
+    `prompt_tokens`: per alias, the most its vendor can bill for the prompt. Each model answers at
+    most its own output limit (llm clamps the request to it); each later call's prompt grows by a
+    whole answer of the most any model may write.
     """
     outputs = {alias: min(output_tokens, _model_output_limit(alias) or output_tokens) for alias in prices}
     return sum(
         (
             max(
-                price.cost(input_tokens=max(0, prompt_tokens) + n * output_tokens, output_tokens=outputs[alias])
+                price.cost(input_tokens=max(0, prompt_tokens[alias]) + n * output_tokens, output_tokens=outputs[alias])
                 for alias, price in prices.items()
             )
             for n in range(calls)
@@ -178,6 +181,7 @@ def turn_authorize(
     model: str,
     models: Sequence[str] = (),
     prompt_tokens: int,
+    prompt_tokens_by_model: dict[str, int] | None = None,
     longest_message_chars: int,
     max_output_tokens: int | None,
     request_id: str,
@@ -189,6 +193,8 @@ def turn_authorize(
     the caller allows (filter them with billing.selectors.models_billable). Each must be in the plan
     and priced; the reservation covers the dearest of them for every call, and settlement bills the
     model that really answered at its own price.
+    `prompt_tokens`: the prompt's size; `prompt_tokens_by_model`: per alias, the most that model's
+    vendor can bill for it (llm.tokens.prompt_tokens_bound), where it may exceed `prompt_tokens`.
     `longest_message_chars`: the longest single message of the whole prompt (system and earlier
     messages included, and the tools' JSON); the plan's `max_message_chars` applies to it.
     `max_calls`: how many provider calls the turn may make (a tool loop of N rounds makes N + 1);
@@ -226,8 +232,9 @@ def turn_authorize(
     if max_output_tokens:
         limits.append(max_output_tokens)
     output_tokens = max(1, min(limits))
+    by_model = {alias: max(prompt_tokens, (prompt_tokens_by_model or {}).get(alias, 0)) for alias in serving}
     worst_case = _worst_case(
-        prices=prices, output_tokens=output_tokens, prompt_tokens=prompt_tokens, calls=max(1, max_calls)
+        prices=prices, output_tokens=output_tokens, prompt_tokens=by_model, calls=max(1, max_calls)
     )
 
     scopes = rate_limit_scopes(membership=membership, api_key=api_key)
@@ -241,7 +248,7 @@ def turn_authorize(
             api_key=api_key,
             model=model,
             models=serving,
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=by_model[model],
             output_tokens=output_tokens,
             amount=worst_case,
             request_id=request_id,
@@ -312,6 +319,7 @@ def _reserve(
                 member_counter=member_counter,
                 created_at=now,
                 expires_at=now + _reservation_ttl(),
+                heartbeat_at=now,
             )
             # Late, so the rows stay locked only until the commit right after.
             if counters_locked_in_id_order(counter_ids).filter(fitting).update(reserved=F("reserved") + amount) != 2:

@@ -1,22 +1,27 @@
 """Settle a turn: bill every provider call once at its model's price, release the reservation.
 
 `turn_settle` runs after every turn authorized by billing.reservations.turn_authorize, whatever the
-outcome of the call (answered, failed, stopped, interrupted); `reservations_release_expired`
-releases the reservations of processes that died before settling.
+outcome of the call (answered, failed, stopped, interrupted). While a turn streams, its process
+writes a heartbeat and the usage so far on the reservation (`reservations_record`); a reservation
+whose heartbeat stopped (the process was killed, or lost the database for good) is settled from that
+record by `reservation_settle_recorded`, exactly once: ledger rows are keyed by the provider call's
+id, the same id the live process would bill, so whichever settles first bills each call and the
+other bills nothing twice. `reservations_release_expired` stays as the backstop of the backstop.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Value
-from django.db.models.functions import Greatest
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from accounts.models import ApiKey, Membership
@@ -77,14 +82,18 @@ def _settle(
     api_key: ApiKey | None,
     conversation_id: UUID | None,
     message_id: UUID | None,
-) -> tuple[list[LedgerEntry], Decimal]:
+    status: str = ReservationStatus.SETTLED,
+    only_if_open: bool = False,
+) -> tuple[list[LedgerEntry], Decimal] | None:
     now = timezone.now()
     if authorization.created_at is None or not authorization.counter_ids:
         authorization = _authorization_of(authorization, membership=membership)
     # Releasing is one conditional UPDATE: only the first settlement of an open reservation releases it.
     released = Reservation.objects.filter(
         id=authorization.reservation_id, organization_id=membership.organization_id, status=ReservationStatus.OPEN
-    ).update(status=ReservationStatus.SETTLED, closed_at=now)
+    ).update(status=status, closed_at=now)
+    if not released and only_if_open:
+        return None
     priced_at = authorization.created_at or now
     # A released reservation was never settled, so none of its calls is billed yet; otherwise look.
     already = (
@@ -186,6 +195,151 @@ def _counters_add(
         counters_locked_in_id_order(current).update(**spend)
 
 
+# --- the usage record, and turns whose process died ----------------------------------------------
+
+
+def heartbeat_stale_seconds() -> float:
+    """How long a reservation's heartbeat may be silent before its process counts as dead."""
+    return float(getattr(settings, "BILLING_HEARTBEAT_STALE_SECONDS", 30))
+
+
+def reservations_record(records: Sequence[tuple[UUID, dict]], *, now: datetime | None = None) -> int:
+    """Write the heartbeat and usage record of running turns: one UPDATE for all (open ones only)."""
+    if not records:
+        return 0
+    now = now or timezone.now()
+    rows = [Reservation(id=reservation_id, heartbeat_at=now, recorded=record) for reservation_id, record in records]
+    return Reservation.objects.filter(status=ReservationStatus.OPEN).bulk_update(rows, ["heartbeat_at", "recorded"])
+
+
+def reservations_stale(*, now: datetime | None = None, limit: int = 200) -> list[UUID]:
+    """Open reservations whose process has been silent too long, oldest first."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=heartbeat_stale_seconds())
+    return list(
+        Reservation.objects.filter(status=ReservationStatus.OPEN)
+        .annotate(seen=Coalesce("heartbeat_at", "created_at"))
+        .filter(seen__lt=cutoff)
+        .order_by("seen")
+        .values_list("id", flat=True)[:limit]
+    )
+
+
+def recorded_usages(record: dict) -> list[Usage]:
+    """The provider calls of a usage record: the ones that ended, then the one that was streaming."""
+    usages = [
+        Usage(
+            input_tokens=int(call.get("in", 0)),
+            output_tokens=int(call.get("out", 0)),
+            cached_input_tokens=int(call.get("cached", 0)),
+            call_id=str(call["id"]),
+            model=call.get("model", ""),
+            provider=call.get("provider", ""),
+            estimated=bool(call.get("estimated", False)),
+        )
+        for call in record.get("calls", ())
+    ]
+    current = record.get("current")
+    if current:
+        usages.append(
+            Usage(
+                input_tokens=int(current.get("in", 0)),
+                output_tokens=int(current.get("out", 0)),
+                call_id=str(current["id"]),
+                model=current.get("model", ""),
+                provider=current.get("provider", ""),
+                estimated=True,
+            )
+        )
+    return usages
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """A turn settled from its usage record."""
+
+    reservation_id: UUID
+    request_id: str
+    organization_id: UUID
+    user_id: UUID | None
+    cost: Decimal
+    usages: list[Usage]
+    record: dict
+
+
+def reservation_settle_recorded(reservation_id: UUID) -> Recovered | None:
+    """Settle a dead process's turn from its usage record and release the rest of its reservation.
+
+    Bills what was recorded: the calls that ended at their reported usage, the call that was
+    streaming at its prompt plus the output tokens of the text it had delivered (estimated). Returns
+    None when the reservation was settled meanwhile (by the live process, or another sweep).
+    """
+    reservation = (
+        Reservation.objects.select_related("membership__user", "api_key")
+        .filter(id=reservation_id, status=ReservationStatus.OPEN)
+        .first()
+    )
+    if reservation is None:
+        return None
+    record = reservation.recorded or {}
+    usages = recorded_usages(record)
+    membership = reservation.membership
+    if membership is None:  # the member was removed meanwhile: nothing to bill them to; release
+        _release(reservation, status=ReservationStatus.RECOVERED)
+        return Recovered(reservation.id, reservation.request_id, reservation.organization_id, None, ZERO, [], record)
+    authorization = TurnAuthorization(
+        reservation_id=reservation.id,
+        request_id=reservation.request_id,
+        model=reservation.model,
+        max_output_tokens=reservation.max_output_tokens,
+        reserved_cost=reservation.amount,
+        created_at=reservation.created_at,
+        counter_ids=tuple(i for i in (reservation.org_counter_id, reservation.member_counter_id) if i),
+    )
+    settled = _settle(
+        authorization=authorization,
+        usages=usages,
+        call_ids=[u.call_id for u in usages],
+        membership=membership,
+        api_key=reservation.api_key,
+        conversation_id=_uuid_or_none(record.get("conversation_id")),
+        message_id=_uuid_or_none(record.get("message_id")),
+        status=ReservationStatus.RECOVERED,
+        only_if_open=True,
+    )
+    if settled is None:
+        return None
+    _entries, total = settled
+    logger.warning("Settled turn %s from its usage record (its process stopped)", reservation.request_id)
+    return Recovered(
+        reservation.id, reservation.request_id, reservation.organization_id, membership.user_id, total, usages, record
+    )
+
+
+def _uuid_or_none(value) -> UUID | None:
+    try:
+        return UUID(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _release(reservation: Reservation, *, status: str, now: datetime | None = None) -> bool:
+    """Release an open reservation without billing (locks it, then its counters in id order)."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        locked = Reservation.objects.select_for_update().filter(id=reservation.id, status=ReservationStatus.OPEN).first()
+        if locked is None:
+            return False
+        counters = counters_lock([i for i in (locked.org_counter_id, locked.member_counter_id) if i])
+        for counter in counters.values():
+            counter.reserved = max(ZERO, counter.reserved - locked.amount)
+            counter.save(update_fields=["reserved"])
+        locked.status = status
+        locked.closed_at = now
+        locked.save(update_fields=["status", "closed_at"])
+    return True
+
+
 def reservations_release_expired(*, now: datetime | None = None, limit: int = 1000) -> int:
     """Release reservations whose process died before settling them. Returns how many."""
     now = now or timezone.now()
@@ -196,21 +350,7 @@ def reservations_release_expired(*, now: datetime | None = None, limit: int = 10
     )
     released = 0
     for reservation_id in ids:
-        with transaction.atomic():
-            reservation = (
-                Reservation.objects.select_for_update()
-                .filter(id=reservation_id, status=ReservationStatus.OPEN)
-                .first()
-            )
-            if reservation is None:
-                continue
-            counters = counters_lock([i for i in (reservation.org_counter_id, reservation.member_counter_id) if i])
-            for counter in counters.values():
-                counter.reserved = max(ZERO, counter.reserved - reservation.amount)
-                counter.save(update_fields=["reserved"])
-            reservation.status = ReservationStatus.EXPIRED
-            reservation.closed_at = now
-            reservation.save(update_fields=["status", "closed_at"])
+        if _release(Reservation(id=reservation_id), status=ReservationStatus.EXPIRED, now=now):
             released += 1
     if released:
         logger.warning("Released %d expired budget reservations", released)

@@ -1,8 +1,9 @@
 """Periodic tasks of conversations (collected into CELERY_BEAT_SCHEDULE by config/celery.py)."""
 
 BEAT_SCHEDULE = {
-    "conversations-interrupted-sweep": {
-        "task": "conversations.tasks.messages_interrupted_sweep",
-        "schedule": 60.0,
+    # Bills and ends the turns of dead processes: within 30 s of silence + 15 s, under a minute.
+    "conversations-turns-recover": {
+        "task": "conversations.turns_recover",
+        "schedule": 15.0,
     },
 }

@@ -14,6 +14,10 @@ the model through here, so every turn gets the same guarantees:
   provider fails, the client stops it or goes away, the task is cancelled — closes the provider
   stream and settles what was used exactly once, in a shielded task. It is the one caller of
   `billing.turn_settle` in conversations/.
+- While it streams, the process records the turn's usage so far on its reservation, with a
+  heartbeat, about once a second for all its calls in one UPDATE (`_UsageRecorder`); a settlement
+  that fails (the database restarting, a stale connection) is retried with backoff, and a turn
+  whose process dies is settled from that record by `conversations.recovery`.
 - Provider errors are translated here, once, into the project's error family (config.errors).
 """
 
@@ -24,22 +28,24 @@ import contextlib
 import contextvars
 import json
 import logging
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from uuid import UUID
 
 from asgiref.sync import async_to_sync
+from django.conf import settings
 
 from accounts.models import ApiKey, Membership
 from billing.reservations import TurnAuthorization, turn_authorize
 from billing.selectors import models_billable
-from billing.settlement import turn_settle
+from billing.settlement import reservations_record, turn_settle
 from config.errors import ParleyError, error_from_llm
 from conversations.db import db_async
 from llm import chat as llm_chat
 from llm.errors import LLMError
 from llm.registry import chain_for, unsupported_params
-from llm.tokens import count_messages, count_text
+from llm.tokens import count_messages, count_text, prompt_tokens_bound
 from llm.tools import ToolSet
 from llm.types import ChatRequest, Finished, TextDelta, ToolCall, ToolResult, ToolSpec, Usage
 
@@ -82,6 +88,8 @@ class Prepared:
     # where the ledger rows point (conversation turns)
     conversation_id: UUID | None = None
     message_id: UUID | None = None
+    # per alias that may serve the call: the most its vendor can bill for the prompt
+    prompt_tokens: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -228,12 +236,20 @@ def turn_prepare(
     ]
     models = models_billable(tier=tier, aliases=[primary.alias, *fitting])
     calls = max_tool_rounds + 1 if toolset is not None and len(toolset) else 1
+    # What each vendor can bill: Parley's count where it is the vendor's, an upper bound otherwise.
+    providers = {m.alias: m.provider for m in chain}
+    tools_json = _tools_json(tools) if tools else ""
+    bounds = {
+        alias: prompt_tokens_bound(request.messages, tools_json=tools_json, provider=providers[alias], counted=tokens)
+        for alias in models
+    }
     authorization = turn_authorize(
         membership=membership,
         api_key=caller.api_key,
         model=primary.alias,
         models=models,
         prompt_tokens=tokens,
+        prompt_tokens_by_model=bounds,
         # The plan limits what the client sends: its messages and its tools, not Parley's own tools.
         longest_message_chars=_longest_part(request, tuple(request.tools)),
         max_output_tokens=request.max_output_tokens,
@@ -255,6 +271,7 @@ def turn_prepare(
         max_tool_rounds=max_tool_rounds if toolset is not None else 0,
         conversation_id=conversation_id,
         message_id=message_id,
+        prompt_tokens=bounds,
     )
 
 
@@ -300,6 +317,10 @@ class BilledStream:
         self.outcome: Outcome | None = None
         self._stop_requested = False
         self._stream = None
+        # the usage record: output tokens counted so far of the call streaming now (see usage_record)
+        self._counted_call: str | None = None
+        self._counted_parts = 0
+        self._counted_tokens = 0
 
     @property
     def model(self) -> str:
@@ -307,8 +328,55 @@ class BilledStream:
         answering = self._stream.model if self._stream is not None else None
         return answering.alias if answering is not None else self.prepared.request.model
 
+    def usage_record(self) -> dict:
+        """What this call has used so far, for its reservation (billing.settlement.recorded_usages).
+
+        The calls that ended, at their usage; the call streaming now, at its prompt and the output
+        tokens of the text it has delivered (counted incrementally: only the text since the last record).
+        """
+        prepared = self.prepared
+        stream = self._stream
+        calls = []
+        if stream is not None:
+            calls = [
+                {
+                    "id": u.call_id,
+                    "model": u.model,
+                    "provider": u.provider,
+                    "in": u.input_tokens,
+                    "out": u.output_tokens,
+                    "cached": u.cached_input_tokens,
+                    "estimated": u.estimated,
+                }
+                for u in stream.usages
+            ]
+        record: dict = {"calls": calls}
+        if prepared.conversation_id is not None:
+            record["conversation_id"] = str(prepared.conversation_id)
+        if prepared.message_id is not None:
+            record["message_id"] = str(prepared.message_id)
+        flight = stream.in_flight if stream is not None else None
+        if flight is not None:
+            if flight.call_id != self._counted_call:
+                self._counted_call, self._counted_parts, self._counted_tokens = flight.call_id, 0, 0
+            parts = len(flight.text)
+            if parts > self._counted_parts:
+                self._counted_tokens += count_text("".join(flight.text[self._counted_parts : parts]), flight.model)
+                self._counted_parts = parts
+            prompt = prepared.prompt_tokens.get(flight.model) or max(prepared.prompt_tokens.values(), default=0)
+            record["current"] = {
+                "id": flight.call_id,
+                "model": flight.model,
+                "provider": flight.provider,
+                # a later call of a tool loop reads the earlier answers too
+                "in": prompt + sum(call["out"] for call in calls),
+                "out": self._counted_tokens,
+            }
+        return record
+
     def start(self) -> None:
         _running[self.id] = self
+        _recorder().add(self)
         # A fresh context: the task outlives the request or socket that started it and must not
         # inherit its per-request state (asgiref's thread-sensitive context ends with the request).
         self.task = _keep(asyncio.get_running_loop().create_task(self._run(), context=contextvars.Context()))
@@ -335,6 +403,8 @@ class BilledStream:
                 kind = type(event)
                 if kind is TextDelta:
                     if event.text:
+                        if not text:  # the first text: recorded at once, not at the next tick
+                            _recorder().wake()
                         text.append(event.text)
                         await sink.event(event)
                 elif kind is ToolCall:
@@ -390,32 +460,120 @@ class BilledStream:
             )
             with _logged("ending"):
                 await self.sink.ended(outcome)
-            await db_async(self._settle)(outcome)
+            await self._settle_retrying(outcome)
         except Exception:
             logger.exception("finishing call %s failed", self.id)
         finally:
             _running.pop(self.id, None)
+            _recorder().discard(self)
             if outcome is not None:
                 with _logged("finishing"):
                     await self.sink.finished(outcome)
             self.done.set()
 
+    async def _settle_retrying(self, outcome: Outcome) -> None:
+        """Settle and save, retried with backoff until both succeed (both are idempotent).
+
+        Meanwhile the usage record (now the final usage) keeps its heartbeat; after
+        SETTLEMENT_RETRY_SECONDS this process gives up and stops the heartbeat, and the recovery sweep
+        settles the turn from the record instead.
+        """
+        give_up_at = time.monotonic() + _setting("PARLEY_SETTLEMENT_RETRY_SECONDS", 600.0)
+        delay = _setting("PARLEY_SETTLEMENT_RETRY_DELAY", 0.25)
+        while True:
+            try:
+                await db_async(self._settle)(outcome)
+                return
+            except Exception as exc:
+                if time.monotonic() + delay > give_up_at:
+                    logger.error("settling %s failed for good (%s); the recovery sweep bills it", self.id, type(exc).__name__)
+                    raise
+                logger.warning("settling %s failed (%s); retrying in %.2f s", self.id, type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _setting("PARLEY_SETTLEMENT_RETRY_MAX_DELAY", 5.0))
+
     def _settle(self, outcome: Outcome) -> None:
         prepared = self.prepared
-        try:
-            outcome.cost = turn_settle(
-                authorization=prepared.authorization,
-                usages=outcome.usages,
-                membership=prepared.caller.membership,
-                api_key=prepared.caller.api_key,
-                conversation_id=prepared.conversation_id,
-                message_id=prepared.message_id,
-            )
-        except Exception:
-            # The answer still ends; the reservation expires and the call log keeps the usage.
-            logger.exception("settling %s failed", self.id)
-        with _logged("saving"):
-            self.sink.settled(outcome)
+        outcome.cost = turn_settle(
+            authorization=prepared.authorization,
+            usages=outcome.usages,
+            membership=prepared.caller.membership,
+            api_key=prepared.caller.api_key,
+            conversation_id=prepared.conversation_id,
+            message_id=prepared.message_id,
+        )
+        self.sink.settled(outcome)
+
+
+def _setting(name: str, default: float) -> float:
+    return float(getattr(settings, name, default))
+
+
+# --- the usage record ----------------------------------------------------------------------------
+
+
+class _UsageRecorder:
+    """Writes the usage record and heartbeat of every call running on one event loop: one UPDATE a tick.
+
+    The tick is PARLEY_USAGE_RECORD_SECONDS (1 s; 0 turns recording off, for benchmarks only: a
+    turn's process then looks dead to the recovery sweep after BILLING_HEARTBEAT_STALE_SECONDS).
+    A call's first text is recorded at once. A write that fails (the database is away) is tried
+    again at the next tick; it never touches the stream.
+    """
+
+    def __init__(self) -> None:
+        self.streams: set[BilledStream] = set()
+        self.task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._failing_since: float | None = None
+
+    def add(self, billed: BilledStream) -> None:
+        if _setting("PARLEY_USAGE_RECORD_SECONDS", 1.0) <= 0:
+            return
+        self.streams.add(billed)
+        if self.task is None or self.task.done():
+            self.task = _keep(asyncio.get_running_loop().create_task(self._run(), context=contextvars.Context()))
+
+    def discard(self, billed: BilledStream) -> None:
+        self.streams.discard(billed)
+        if not self.streams and self.task is not None and not self.task.done():
+            self.task.cancel()  # nothing to record: no task left behind (Celery closes its loops)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        interval = _setting("PARLEY_USAGE_RECORD_SECONDS", 1.0)
+        while self.streams:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            records = [(b.prepared.authorization.reservation_id, b.usage_record()) for b in self.streams]
+            try:
+                await _record(records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                now = time.monotonic()
+                if self._failing_since is None or now - self._failing_since > 30:
+                    self._failing_since = now
+                    logger.warning("could not record the usage of %d calls (%s)", len(records), type(exc).__name__)
+            else:
+                self._failing_since = None
+
+
+_record = db_async(reservations_record)
+_recorders: dict[asyncio.AbstractEventLoop, _UsageRecorder] = {}
+
+
+def _recorder() -> _UsageRecorder:
+    loop = asyncio.get_running_loop()
+    recorder = _recorders.get(loop)
+    if recorder is None:
+        for old in [other for other in _recorders if other.is_closed()]:
+            del _recorders[old]
+        recorder = _recorders[loop] = _UsageRecorder()
+    return recorder
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from celery import shared_task
 from django.db import transaction
 
 from accounts.models import Membership
-from conversations import engine
+from conversations import engine, recovery
 from conversations.models import Conversation, Message, Role
 from conversations.services import title_from_text
 from conversations.turns import STALE_STREAMING_SECONDS, messages_mark_interrupted
@@ -174,5 +174,13 @@ def conversation_summarize(conversation_id: str) -> None:
 
 @shared_task(ignore_result=True)
 def messages_interrupted_sweep() -> int:
-    """Periodic: end answers whose process died (not saved for STALE_STREAMING_SECONDS)."""
+    """End answers whose process died (not saved for STALE_STREAMING_SECONDS), each billed from its record."""
     return messages_mark_interrupted(older_than_seconds=STALE_STREAMING_SECONDS)
+
+
+@shared_task(name="conversations.turns_recover", ignore_result=True)
+def turns_recover() -> int:
+    """Periodic (15 s): settle the turns of dead processes from their usage records, end their answers."""
+    recovered = recovery.turns_recover()
+    messages_mark_interrupted(older_than_seconds=STALE_STREAMING_SECONDS)
+    return recovered

@@ -23,7 +23,7 @@ from django.utils import timezone
 from accounts.errors import InvalidInput
 from accounts.models import Membership
 from config.errors import ParleyError
-from conversations import engine, frames
+from conversations import engine, frames, recovery
 from conversations import hub as hub_module
 from conversations.db import db_async
 from conversations.errors import Busy, ConversationNotFound, MessageNotFound
@@ -233,8 +233,10 @@ def _turn_begin_locked(
         if streaming is not None:
             if streaming.updated_at >= now - timedelta(seconds=STALE_STREAMING_SECONDS):
                 raise Busy()
-            # Not saved for a long time: its process died. End it, then go on.
-            _mark_interrupted(Message.objects.filter(id=streaming.id))
+            # Not saved for a long time: its process died. Bill and end it, then go on (unless its
+            # process still holds the turn: it is settling after a database blip).
+            if not _mark_interrupted(Message.objects.filter(id=streaming.id)):
+                raise Busy()
         if model and model != conversation.model:
             conversation.model = model
     alias = model or conversation.model
@@ -453,15 +455,13 @@ async def generation_stop(*, membership: Membership, message_id: UUID, hub: hub_
 # --- answers whose process died ------------------------------------------------------------
 
 
-def _mark_interrupted(queryset) -> int:
-    now = timezone.now()
-    return queryset.filter(status=Status.STREAMING).update(
-        status=Status.INTERRUPTED,
-        error_code="interrupted",
-        error_message="The answer was interrupted (the server stopped).",
-        updated_at=now,
-        finished_at=now,
-    )
+def _mark_interrupted(queryset, *, stale_only: bool = True) -> int:
+    """End answers whose process died, each billed first from its turn's usage record (conversations.recovery)."""
+    ended = 0
+    for message_id, reservation_id in queryset.filter(status=Status.STREAMING).values_list("id", "reservation_id"):
+        if recovery.answer_end_lost(message_id=message_id, reservation_id=reservation_id, stale_only=stale_only):
+            ended += 1
+    return ended
 
 
 def messages_mark_interrupted(*, older_than_seconds: float | None = None) -> int:
@@ -474,6 +474,6 @@ def messages_mark_interrupted(*, older_than_seconds: float | None = None) -> int
     queryset = Message.objects.filter(status=Status.STREAMING)
     if older_than_seconds is not None:
         queryset = queryset.filter(updated_at__lt=timezone.now() - timedelta(seconds=older_than_seconds))
-    return _mark_interrupted(queryset)
+    return _mark_interrupted(queryset, stale_only=older_than_seconds is not None)
 
 

@@ -84,6 +84,12 @@ def _write(attempt: Attempt) -> None:
 _write_async = database_sync_to_async(_write)
 
 
+def call_log_write_sync(attempt: Attempt) -> None:
+    """The same row from synchronous code (the recovery of a dead process's call); raises on failure."""
+    if conf.call_log_enabled():
+        _write(attempt)
+
+
 async def call_log_write(attempt: Attempt) -> None:
     """Never fails the stream: a log that cannot be written is reported, not raised."""
     if not conf.call_log_enabled():

@@ -91,6 +91,16 @@ def _serving(request: ChatRequest, chain: list[ModelInfo]) -> list[ModelInfo]:
     return registry.serving_filter(request, chain)
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """The provider call streaming now, for the engine's usage record: its id, model and text so far."""
+
+    call_id: str
+    model: str
+    provider: str
+    text: list[str]  # the attempt's own list: it grows as deltas arrive
+
+
 @dataclass
 class _Attempt:
     """One provider attempt in flight."""
@@ -114,6 +124,8 @@ class ChatStream:
         self.usages: list[Usage] = []
         # the model that answered the last call (a fallback's after a fallback), from its first delta on
         self.model: ModelInfo | None = None
+        # the attempt streaming now (None between attempts); once it ends, its Usage is in `usages`
+        self.in_flight: InFlight | None = None
         self._calls = 0
         self._gen = self._run()
         self._closed = False
@@ -223,6 +235,7 @@ class ChatStream:
                         attempt = self._start(model_request, model, attempt_no, round_no, sha)
                         text.clear()
                         tool_calls.clear()
+                        self.in_flight = InFlight(attempt.record.call_id, model.alias, model.provider, text)
                         next_event = attempt.events.__anext__
                         wait = self._period = first_timeout
                         self._task = current_task()  # whoever iterates is who a timeout interrupts
@@ -379,6 +392,7 @@ class ChatStream:
         return usage
 
     async def _log(self, attempt: _Attempt, *, shielded: bool = False) -> None:
+        self.in_flight = None  # ended: billed in `usages` (or it cost nothing)
         attempt.record.duration_ms = int((time.monotonic() - attempt.started) * 1000)
         if not shielded:
             await call_log_write(attempt.record)
@@ -412,4 +426,4 @@ def stream_chat(request: ChatRequest, *, toolset: ToolSet | None = None, max_too
 
 unsupported_params = registry.unsupported_params  # re-exported: callers may ask llm.chat as well
 
-__all__ = ["ChatStream", "backoff_delay", "stream_chat", "unsupported_params"]
+__all__ = ["ChatStream", "InFlight", "backoff_delay", "stream_chat", "unsupported_params"]

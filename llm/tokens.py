@@ -114,3 +114,44 @@ def fit_messages(
         while len(kept) > 1 and kept[0].role != "user":
             kept.pop(0)
     return ([system] if system is not None else []) + kept
+
+
+# --- an upper bound of what a vendor bills for a prompt ------------------------------------------
+#
+# Reservations must never be smaller than what a provider can charge. For OpenAI's own models the
+# tiktoken count above is the vendor's count (chat formatting included). For every other vendor
+# (Anthropic, Gemini, OpenAI-compatible servers running their own tokenizer) Parley does not have the
+# tokenizer, so the bound is its UTF-8 length: every token of a byte-level BPE covers at least one
+# byte, and every SentencePiece token at least one character (or one byte, with byte fallback), so no
+# such tokenizer makes more tokens than the text has bytes. The chat format adds special tokens per
+# message and per request, and vendors prepend a system prompt of their own when tools are sent
+# (Anthropic documents 313–346 tokens for Claude 4's); the constants below cover each with room.
+# docs/billing.md and billing/README.md describe the bound and what it costs in headroom.
+BOUND_MESSAGE_OVERHEAD = 8
+BOUND_REQUEST_OVERHEAD = 16
+BOUND_TOOLS_OVERHEAD = 600
+EXACT_COUNT_PROVIDERS = frozenset({"openai", "demo"})
+
+
+def _message_bytes(message: Message) -> int:
+    size = len(message.content.encode("utf-8"))
+    for call in message.tool_calls:
+        size += len(call.name.encode("utf-8")) + len((call.raw_arguments or json.dumps(call.arguments)).encode("utf-8"))
+    if message.name:
+        size += len(message.name.encode("utf-8"))
+    if message.tool_call_id:
+        size += len(message.tool_call_id.encode("utf-8"))
+    return size
+
+
+def prompt_tokens_bound(messages: Sequence[Message], *, tools_json: str = "", provider: str, counted: int) -> int:
+    """The most tokens `provider` can bill for this prompt; `counted` is Parley's tiktoken count of it.
+
+    Exact providers (OpenAI, the demo): `counted`. Others: the UTF-8 bound above (never below `counted`).
+    """
+    if provider in EXACT_COUNT_PROVIDERS:
+        return counted
+    bound = BOUND_REQUEST_OVERHEAD + sum(_message_bytes(m) + BOUND_MESSAGE_OVERHEAD for m in messages)
+    if tools_json:
+        bound += len(tools_json.encode("utf-8")) + BOUND_TOOLS_OVERHEAD
+    return max(bound, counted)
