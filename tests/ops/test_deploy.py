@@ -134,7 +134,9 @@ def test_slow_model_work_and_money_sweeps_have_workers_of_their_own():
 
 
 def test_exactly_one_beat():
-    beats = [name for name in SERVICES if (SERVICES[name].get("command") or [])[:4] == ["celery", "-A", "config", "beat"]]
+    beats = [
+        name for name in SERVICES if (SERVICES[name].get("command") or [])[:4] == ["celery", "-A", "config", "beat"]
+    ]
     assert beats == ["beat"]
     assert "deploy" not in SERVICES["beat"] and "ports" not in SERVICES["beat"]
 
@@ -226,7 +228,9 @@ async def echo_app(scope, receive, send):
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return
-            await send({"type": "websocket.send", "text": json.dumps({"echo": message.get("text"), "headers": headers})})
+            await send(
+                {"type": "websocket.send", "text": json.dumps({"echo": message.get("text"), "headers": headers})}
+            )
     if scope["type"] != "http":
         return
     if scope["path"] == "/api/v1/stream":
@@ -361,7 +365,9 @@ def test_host_proxy_forwards_headers_skips_a_dead_daphne_and_streams(deploy_copy
     connection.close()
     for path, shape in (("/v1/chat/completions", "openai"), ("/api/v1/conversations/", "rest")):
         with socket.create_connection(("127.0.0.1", listen), timeout=10) as sock:
-            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: parley.test\r\nContent-Length: {64 * 1024 * 1024}\r\n\r\n".encode())
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: parley.test\r\nContent-Length: {64 * 1024 * 1024}\r\n\r\n".encode()
+            )
             raw = b""
             while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
                 chunk = sock.recv(65536)
@@ -432,7 +438,9 @@ def test_compose_proxy_with_tls_redirects_http_and_sends_https(deploy_copy, upst
     config = _own_pid(deploy_copy / "nginx-tls.conf", deploy_copy)
     text = _sub(config.read_text(), "set $parley_upstream app:8000;", f"set $parley_upstream 127.0.0.1:{upstream};", 2)
     text = _sub(text, "listen 80 default_server;", f"listen 127.0.0.1:{http_port} default_server;")
-    config.write_text(_sub(text, "listen 443 ssl http2 default_server;", f"listen 127.0.0.1:{https_port} ssl http2 default_server;"))
+    config.write_text(
+        _sub(text, "listen 443 ssl http2 default_server;", f"listen 127.0.0.1:{https_port} ssl http2 default_server;")
+    )
     run_nginx(config, [http_port, https_port])
 
     redirect = _get(http_port, "/chat/?x=1", {"Host": "parley.test"})
