@@ -36,7 +36,7 @@ from typing import Any
 
 import structlog
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from structlog.contextvars import bind_contextvars, bound_contextvars, clear_contextvars, get_contextvars
+from structlog.contextvars import bind_contextvars, bound_contextvars, get_contextvars, reset_contextvars
 
 # --- what may be logged ----------------------------------------------------------------------------
 
@@ -88,7 +88,7 @@ def safe_message(template: Any, args: Any) -> str:
     if isinstance(args, Mapping):
         safe: Any = {key: safe_value(value) for key, value in args.items()}
     else:
-        safe = tuple(safe_value(value) for value in (args if isinstance(args, tuple) else (args,)))
+        safe = tuple(safe_value(value) for value in (args if isinstance(args, tuple | list) else (args,)))
     try:
         return template % safe
     except (TypeError, ValueError, KeyError):  # "%d" given a placeholder, or a malformed template
@@ -312,12 +312,16 @@ def celery_setup() -> None:
     in child processes: set PROMETHEUS_MULTIPROC_DIR too, or their counts are not seen."""
     from celery import signals
 
-    def started(task_id=None, task=None, **kwargs):
-        clear_contextvars()
-        bind_contextvars(request_id=task_id, organization_id=None, task=getattr(task, "name", None))
+    bound: dict[str, Mapping] = {}  # task id -> the tokens that restore what was bound before it
 
-    def ended(**kwargs):
-        clear_contextvars()
+    def started(task_id=None, task=None, **kwargs):
+        bound[task_id] = bind_contextvars(request_id=task_id, organization_id=None, task=getattr(task, "name", None))
+
+    def ended(task_id=None, **kwargs):
+        # Reset, not cleared: an eager task runs inside the request that called it.
+        tokens = bound.pop(task_id, None)
+        if tokens:
+            reset_contextvars(**tokens)
 
     def worker_ready(**kwargs):
         port = os.environ.get("METRICS_PORT", "").strip()
@@ -331,10 +335,10 @@ def celery_setup() -> None:
 
         metrics.mark_process_dead(pid or os.getpid())
 
-    signals.task_prerun.connect(started, weak=False)
-    signals.task_postrun.connect(ended, weak=False)
-    signals.worker_ready.connect(worker_ready, weak=False)
-    signals.worker_process_shutdown.connect(child_exit, weak=False)
+    signals.task_prerun.connect(started, weak=False, dispatch_uid="parley-log-context-start")
+    signals.task_postrun.connect(ended, weak=False, dispatch_uid="parley-log-context-end")
+    signals.worker_ready.connect(worker_ready, weak=False, dispatch_uid="parley-worker-metrics")
+    signals.worker_process_shutdown.connect(child_exit, weak=False, dispatch_uid="parley-worker-child-exit")
 
 
 # --- Sentry ----------------------------------------------------------------------------------------
@@ -378,7 +382,10 @@ def scrub_event(event: dict, hint: dict | None = None) -> dict:
     for span in event.get("spans") or []:
         span.pop("data", None)
     for crumb in (event.get("breadcrumbs") or {}).get("values") or []:
-        _scrub_crumb(crumb)
+        if crumb.get("type") == "log":  # its message went through scrub_breadcrumb when it was recorded
+            crumb.pop("data", None)
+        else:
+            _scrub_crumb(crumb)
     context = get_contextvars()
     tags = event.setdefault("tags", {})
     for key in ("request_id", "organization_id"):
