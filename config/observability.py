@@ -198,7 +198,16 @@ def logging_config(fmt: str, level: str) -> dict:
         "formatters": {"plain": {"format": PLAIN_FORMAT}, "json": {"()": "config.observability.JsonFormatter"}},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": fmt}},
         "root": {"handlers": ["console"], "level": (level or "INFO").strip().upper()},
-        "loggers": {name: {"level": quiet} for name, quiet in QUIET_LOGGERS.items()},
+        "loggers": {
+            **{name: {"level": quiet} for name, quiet in QUIET_LOGGERS.items()},
+            # Django's default config gives these plain handlers of their own; in JSON every line
+            # goes through the one formatter (and its rules), so they only propagate.
+            **(
+                {name: {"handlers": [], "propagate": True} for name in ("django", "django.server")}
+                if fmt == "json"
+                else {}
+            ),
+        },
     }
 
 

@@ -178,7 +178,9 @@ def test_logging_config_plain_keeps_the_classic_format_and_json_uses_the_formatt
         "httpx2": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
     }
-    assert logging_config("JSON", "debug")["handlers"]["console"]["formatter"] == "json"
+    as_json = logging_config("JSON", "debug")
+    assert as_json["handlers"]["console"]["formatter"] == "json" and as_json["root"]["level"] == "DEBUG"
+    assert as_json["loggers"]["django"] == {"handlers": [], "propagate": True}  # no second, plain line
     with pytest.raises(ValueError, match="LOG_FORMAT"):
         logging_config("xml", "INFO")
 
@@ -191,11 +193,15 @@ def test_the_json_config_applies_and_writes_json_to_the_console(capsys):
         logging.config.dictConfig(logging_config("json", "INFO"))
         logging.getLogger("billing.settlement").warning("released %d reservations", 3)
         logging.getLogger("billing.settlement").debug("not at INFO")
+        logging.getLogger("django.request").warning("Not Found: %s", "/nowhere")
+        django_handlers = logging.getLogger("django").handlers + logging.getLogger("django.server").handlers
     finally:
         configure_logging(settings.LOGGING_CONFIG, settings.LOGGING)
     err = capsys.readouterr().err.strip().splitlines()
     parsed = [json.loads(line) for line in err if line.startswith("{")]
     assert [p["message"] for p in parsed if p["logger"] == "billing.settlement"] == ["released 3 reservations"]
+    assert [p["message"] for p in parsed if p["logger"] == "django.request"] == ["Not Found: /nowhere"]
+    assert django_handlers == []  # Django's own plain handlers are gone: no second, plain line
 
 
 # --- context: the Django middleware ----------------------------------------------------------------
