@@ -39,6 +39,7 @@ from billing.models import PeriodSpend, Price, RateLimitPolicy, Reservation
 from billing.money import ZERO, usd, usd_cost, usd_left
 from billing.periods import period_end, period_start
 from billing.selectors import price_for
+from config import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +241,7 @@ def turn_authorize(
     scopes = rate_limit_scopes(membership=membership, api_key=api_key)
     known = limiter().known_refusal(scopes)
     if known is not None:  # refused before any database work
+        metrics.refusal("rate_limit")
         raise _rate_limited(known)
 
     try:
@@ -329,8 +331,10 @@ def _reserve(
             if not verdict.allowed:
                 raise _RateLimited(verdict)
     except _DoesNotFit:
+        metrics.refusal("budget")
         raise _budget_refusal(checks=checks, amount=amount, now=now) from None
     except _RateLimited as refused:
+        metrics.refusal("rate_limit")
         raise _rate_limited(refused.verdict) from None
     return TurnAuthorization(
         reservation_id=reservation.id,

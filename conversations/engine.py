@@ -40,6 +40,7 @@ from accounts.models import ApiKey, Membership
 from billing.reservations import TurnAuthorization, turn_authorize
 from billing.selectors import models_billable
 from billing.settlement import reservations_record, turn_settle
+from config import metrics
 from config.errors import ParleyError, error_from_llm
 from conversations.db import db_async
 from llm import chat as llm_chat
@@ -74,6 +75,7 @@ class Caller:
 
     membership: Membership
     api_key: ApiKey | None = None
+    entry: str = "chat"  # which entry point asks (metrics): chat | v1 | task
 
 
 @dataclass(frozen=True)
@@ -321,6 +323,8 @@ class BilledStream:
         self._counted_call: str | None = None
         self._counted_parts = 0
         self._counted_tokens = 0
+        self._started = 0.0
+        self._first_text: float | None = None
 
     @property
     def model(self) -> str:
@@ -394,6 +398,8 @@ class BilledStream:
         handed: list[ToolCall] = []
         toolset = prepared.toolset
         stream = None
+        self._started = time.monotonic()
+        metrics.turn_started(prepared.caller.entry)
         try:
             await sink.opened()
             stream = self._stream = llm_chat.stream_chat(
@@ -405,6 +411,7 @@ class BilledStream:
                     if event.text:
                         if not text:  # the first text: recorded at once, not at the next tick
                             _recorder().wake()
+                            self._first_text = time.monotonic()
                         text.append(event.text)
                         await sink.event(event)
                 elif kind is ToolCall:
@@ -424,6 +431,7 @@ class BilledStream:
                 error = ParleyError("The answer was interrupted (the server stopped).", code="interrupted")
         except LLMError as exc:
             status, finish_reason, error = "failed", "error", error_from_llm(exc)
+            metrics.provider_error(exc.provider, error.code)
         except ParleyError as exc:
             status, finish_reason, error = "failed", "error", exc
         except Exception as exc:
@@ -466,6 +474,12 @@ class BilledStream:
         finally:
             _running.pop(self.id, None)
             _recorder().discard(self)
+            metrics.turn_finished(
+                self.prepared.caller.entry,
+                status,
+                ttft=None if self._first_text is None else self._first_text - self._started,
+                duration=time.monotonic() - self._started,
+            )
             if outcome is not None:
                 with _logged("finishing"):
                     await self.sink.finished(outcome)
@@ -489,6 +503,7 @@ class BilledStream:
                     logger.error("settling %s failed for good (%s); the recovery sweep bills it", self.id, type(exc).__name__)
                     raise
                 logger.warning("settling %s failed (%s); retrying in %.2f s", self.id, type(exc).__name__, delay)
+                metrics.settlement_retry()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _setting("PARLEY_SETTLEMENT_RETRY_MAX_DELAY", 5.0))
 
@@ -589,7 +604,7 @@ def _logged(what: str):
 
 def complete_sync(*, caller: Caller, request: ChatRequest, max_tool_rounds: int = 0) -> Outcome:
     """Prepare, run and settle one call from synchronous code; returns when it is settled."""
-    prepared = turn_prepare(caller=caller, request=request)
+    prepared = turn_prepare(caller=replace(caller, entry="task"), request=request)
 
     async def run() -> Outcome:
         billed = BilledStream(prepared, Sink())

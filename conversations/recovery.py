@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from billing.models import LedgerEntry, Reservation, ReservationStatus
 from billing.settlement import Recovered, heartbeat_stale_seconds, reservation_settle_recorded, reservations_stale
+from config import metrics
 from conversations.models import Message, Status
 from llm.calllog import Attempt, call_log_write_sync
 from llm.models import ProviderCall
@@ -43,6 +44,7 @@ def turns_recover(*, limit: int = 200) -> int:
                 recovered += 1
         except Exception:
             logger.exception("recovering the turn of reservation %s failed", reservation_id)
+    metrics.settlement_recovered(recovered)
     return recovered
 
 
