@@ -110,6 +110,11 @@ def test_every_long_running_service_restarts_and_is_health_checked():
     assert "celery@$$HOSTNAME" in SERVICES["worker"]["healthcheck"]["test"][1]
     assert "models@$$HOSTNAME" in SERVICES["worker-models"]["healthcheck"]["test"][1]
     assert "celery@%h" in _command("worker") and "models@%h" in _command("worker-models")
+    # The prefork children's metrics go to a folder that each start empties (docs/operations.md).
+    for name in ("worker", "worker-models"):
+        folder = SERVICES[name]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+        assert SERVICES[name]["tmpfs"] == [folder]
+        assert SERVICES[name]["environment"]["DATABASE_URL"] == SERVICES["app"]["environment"]["DATABASE_URL"]
 
 
 def test_slow_model_work_and_money_sweeps_have_workers_of_their_own():
