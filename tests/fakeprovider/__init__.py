@@ -19,18 +19,21 @@ from .script import (
     tool_calls,
 )
 from .server import FakeProviderServer, RecordedRequest, VendorScript
+from .usage import VENDOR_USAGE, output_cap, vendor_input_tokens
 
 __all__ = [
     "FakeError",
     "FakeProviderServer",
     "FakeToolCall",
     "RecordedRequest",
+    "VENDOR_USAGE",
     "Reply",
     "VendorScript",
     "auth_failed",
     "context_too_long",
     "dropped",
     "invalid_request",
+    "output_cap",
     "overloaded",
     "quota_exceeded",
     "rate_limited",
@@ -40,4 +43,5 @@ __all__ = [
     "stream_error",
     "tool_call",
     "tool_calls",
+    "vendor_input_tokens",
 ]

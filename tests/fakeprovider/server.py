@@ -20,12 +20,14 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 from .script import FakeError, Reply, Step, reply
+from .usage import VENDOR_USAGE, resolve, vendor_input_tokens
 
 STALL_LIMIT = 60.0  # a stalled stream is released at the latest after this, or when the test ends
 
@@ -49,6 +51,21 @@ class RecordedRequest:
     headers: dict[str, str]
     body: dict[str, Any]
     vendor: str = ""  # "openai" | "anthropic" | "gemini"
+    # What the fake streamed and bills for this request (the vendor's side of the books):
+    input_tokens: int | None = None  # the input it bills (None: an error answer, nothing billed)
+    deltas_sent: int = 0  # text deltas written to the socket (one output token each)
+    # the usage of the whole answer, once streamed to its end (input, output, cached; OpenAI sends it
+    # in the stream only when asked to, but bills it either way)
+    reported: tuple[int, int, int] | None = None
+    ended: bool = False  # the stream reached its normal end
+
+    @property
+    def billed(self) -> tuple[int, int]:
+        """(input, output) tokens the vendor bills: the usage it reported, else the prompt and the
+        deltas it sent before the stream was cut (a vendor bills what it generated)."""
+        if self.reported is not None:
+            return self.reported[0] + self.reported[2], self.reported[1]
+        return (self.input_tokens or 0) if self.deltas_sent or self.ended else 0, self.deltas_sent
 
     @property
     def params(self) -> dict[str, Any]:
@@ -78,7 +95,9 @@ class VendorScript:
     """The scripted answers of one vendor: `script([...])`, then inspect `requests`."""
 
     name: str
-    default: Step = field(default_factory=lambda: reply("Hello", " from", " the", " fake", " provider."))
+    # the step when the queue is empty; or a responder: a callable(RecordedRequest) -> Step
+    default: Step | Callable[[RecordedRequest], Step] = field(
+        default_factory=lambda: reply("Hello", " from", " the", " fake", " provider."))
     requests: list[RecordedRequest] = field(default_factory=list)
     aborted: int = 0  # streams the client closed before their end (a write hit a closed socket)
     _queue: deque[Step] = field(default_factory=deque)
@@ -116,7 +135,10 @@ class VendorScript:
     def _take(self, request: RecordedRequest) -> Step:
         with self._lock:
             self.requests.append(request)
-            return self._queue.popleft() if self._queue else self.default
+            step = self._queue.popleft() if self._queue else self.default
+        # A responder (a callable) picks the step from the request itself: concurrent clients each
+        # get the answer their own prompt asks for, whatever order their requests arrive in.
+        return step(request) if callable(step) else step
 
 
 class _QuietHTTPServer(ThreadingHTTPServer):
@@ -138,15 +160,40 @@ class FakeProviderServer:
         self._release = threading.Event()
         self._httpd: _QuietHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._port = 0
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> FakeProviderServer:
+    def start(self, port: int | None = None) -> FakeProviderServer:
+        """Listen (again): on `port`, else on the port of an earlier start, else on a free one."""
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._httpd = _QuietHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _QuietHTTPServer(("127.0.0.1", self._port if port is None else port), handler)
+        self._port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-provider", daemon=True)
         self._thread.start()
         return self
+
+    def kill(self) -> None:
+        """The provider dies: every open connection is cut mid-body and new ones are refused until
+        `start()` (which listens on the same port again)."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        with self._connections_lock:
+            open_connections = list(self._connections)
+        for connection in open_connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.release_stalls()  # streams waiting between deltas wake up and find their socket gone
+
+    @property
+    def running(self) -> bool:
+        return self._httpd is not None
 
     def stop(self) -> None:
         self._release.set()
@@ -167,8 +214,8 @@ class FakeProviderServer:
 
     @property
     def port(self) -> int:
-        assert self._httpd is not None, "not started"
-        return self._httpd.server_address[1]
+        assert self._port, "not started"
+        return self._port
 
     @property
     def url(self) -> str:
@@ -206,6 +253,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        with self.fake._connections_lock:
+            self.fake._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.fake._connections_lock:
+            self.fake._connections.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:  # the connection was cut (FakeProviderServer.kill)
+            pass
+
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
         if path.endswith("/models"):
@@ -227,8 +287,15 @@ class _Handler(BaseHTTPRequestHandler):
         recorded = RecordedRequest("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body,
                                    vendor.name)
         step = vendor._take(recorded)
+        if isinstance(step, Reply):
+            if step.usage == VENDOR_USAGE:
+                recorded.input_tokens = vendor_input_tokens(vendor.name, body)
+                step = resolve(step, vendor.name, body)
+            else:
+                usage = step.resolved_usage()
+                recorded.input_tokens = usage[0] + usage[2] if usage is not None else None
         release = self.fake._release
-        renderer = _RENDERERS[vendor.name](self, body, release)
+        renderer = _RENDERERS[vendor.name](self, body, release, recorded)
         try:
             if isinstance(step, FakeError):
                 if step.first_byte_delay:
@@ -237,7 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(status, payload, headers)
             else:
                 renderer.stream(step)
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # BrokenPipe, ConnectionReset; a socket cut by kill()
             with vendor._lock:
                 vendor.aborted += 1
             self.close_connection = True
@@ -296,10 +363,12 @@ class _Handler(BaseHTTPRequestHandler):
 class _Renderer:
     vendor = ""
 
-    def __init__(self, handler: _Handler, body: dict[str, Any], release: threading.Event) -> None:
+    def __init__(self, handler: _Handler, body: dict[str, Any], release: threading.Event,
+                 recorded: RecordedRequest | None = None) -> None:
         self.h = handler
         self.body = body
         self.release = release
+        self.recorded = recorded if recorded is not None else RecordedRequest("POST", "", {}, body)
 
     # subclasses: error(), start(), text(), tool_calls(), finish(), stream_error_event()
     def stream(self, step: Reply) -> None:
@@ -315,12 +384,15 @@ class _Renderer:
             if index and step.delta_delay:
                 self.release.wait(step.delta_delay)
             self.text(index, text)
+            self.recorded.deltas_sent += 1
         if self._interrupt(step, len(step.text)):
             return
         if step.tool_calls:
             self.tool_calls(step)
         self.finish(step)
         self.h.end_stream()
+        self.recorded.reported = step.resolved_usage()
+        self.recorded.ended = True
 
     def _interrupt(self, step: Reply, index: int) -> bool:
         """Act on stall/drop/error options due after `index` deltas. True: the stream is over."""
