@@ -19,10 +19,13 @@ This is the one config module the apps may import: it imports no app.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class ParleyError(Exception):
@@ -133,7 +136,8 @@ _ROWS = [
     ErrorKind("interrupted", 503, 503, "server_error", "interrupted", "interrupted",
               "The answer was cut short because the server stopped; what was generated is kept and billed."),
     ErrorKind("service_unavailable", 503, 503, "server_error", "service_unavailable", "service_unavailable",
-              "Parley cannot serve the request right now (database or cache unavailable); retry later."),
+              "Parley cannot reach its database (or another service it needs) right now, during a restart or an "
+              "outage; retry after `retry_after` seconds (`Retry-After`, a few)."),
     ErrorKind("internal_error", 500, 500, "server_error", "internal_error", "internal_error",
               "A bug in Parley; it is logged."),
 ]
@@ -267,6 +271,66 @@ def error_from_llm(exc: BaseException) -> ParleyError:
     if isinstance(exc, llm_errors.LLMError):
         return ParleyError(f"{provider} failed ({type(exc).__name__}).", code="provider_error")
     return ParleyError("Internal error.", code="internal_error")
+
+
+# --- The database is unavailable ----------------------------------------------------------------
+# A PostgreSQL restart or outage, a connection it dropped, a pool with no connection to lend: every
+# interface answers these as `service_unavailable` with a short retry hint, never as a bug (500).
+
+DATABASE_RETRY_AFTER_SECONDS = 3  # a restart takes about a second; the pool reconnects within a few
+
+# SQLSTATE classes of a lost server: 08 connection exception, 57 operator intervention (shutdown,
+# restart, "the database system is starting up"), 53 insufficient resources (too many connections).
+_OUTAGE_SQLSTATE_CLASSES = ("08", "57", "53")
+
+
+def _is_outage(exc: BaseException) -> bool:
+    from django.db import utils as db_utils  # django.db.utils imports no model and no app
+
+    if isinstance(exc, db_utils.OperationalError | db_utils.InterfaceError):
+        return True  # psycopg's are wrapped as these (a pool timeout is an OperationalError too)
+    try:
+        import psycopg
+    except ImportError:  # the embedded default (SQLite) may run without it
+        psycopg = None
+    if psycopg is not None and isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return True
+    if isinstance(exc, db_utils.DatabaseError) or (psycopg is not None and isinstance(exc, psycopg.DatabaseError)):
+        # Other database errors are bugs (an integrity error, bad SQL), unless the server went away.
+        cause = exc.__cause__ if psycopg is not None and isinstance(exc.__cause__, psycopg.Error) else exc
+        sqlstate = getattr(cause, "sqlstate", None) or ""
+        if sqlstate[:2] in _OUTAGE_SQLSTATE_CLASSES:
+            return True
+        pgconn = getattr(cause, "pgconn", None)
+        return pgconn is not None and psycopg is not None and pgconn.status == psycopg.pq.ConnStatus.BAD
+    return False
+
+
+def database_unavailable(exc: BaseException) -> ParleyError | None:
+    """The `service_unavailable` error a database failure answers as (with `retry_after`), or None
+    when `exc` is not one: OperationalError and InterfaceError (Django's or psycopg's, the pool's
+    timeout included), and a DatabaseError of a connection the server dropped. Looks through the
+    exceptions it was raised from, so a service that re-raises its own error is still recognised."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        if isinstance(current, ParleyError):
+            return current if current.code == "service_unavailable" else None
+        if _is_outage(current):
+            return ParleyError(
+                "Parley cannot reach its database right now; retry in a few seconds.",
+                code="service_unavailable",
+                retry_after=DATABASE_RETRY_AFTER_SECONDS,
+            )
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
+
+
+def log_database_unavailable(exc: BaseException, where: str) -> None:
+    """One warning line per refused request, without a traceback: an outage is not a bug, and it
+    repeats for every request while it lasts. Names the exception, not its text (it can name hosts)."""
+    logger.warning("database unavailable (%s): %s", where, type(exc).__name__)
 
 
 # --- Bodies a client sends ------------------------------------------------------------------

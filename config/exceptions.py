@@ -4,7 +4,9 @@
 raised it) by the table, and DRF's and Django's own exceptions as the table's codes: a request that
 does not match its schema (malformed JSON, a field of the wrong type, a body too deep or not UTF-8)
 is a 400 `invalid_input` with `fields`; a body over the limit a 413 `payload_too_large` that states
-the limit. The async views and Django's error handlers (config/urls.py) use `error_response`.
+the limit; a database that is unavailable (a PostgreSQL restart or outage, a pool with no connection
+to lend, also while authenticating) a 503 `service_unavailable` with `Retry-After`. The async views
+and Django's error handlers (config/urls.py) use `error_response`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ from rest_framework.parsers import BaseParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
-from config.errors import SCHEMA_ERROR_STATUS, InvalidBody, ParleyError, json_loads_strict, rest_error_parts
+from config.errors import (
+    SCHEMA_ERROR_STATUS,
+    InvalidBody,
+    ParleyError,
+    database_unavailable,
+    json_loads_strict,
+    log_database_unavailable,
+    rest_error_parts,
+)
 
 
 def payload_too_large() -> ParleyError:
@@ -117,6 +127,10 @@ def parley_error_of(exc: Exception) -> tuple[ParleyError, int | None, dict] | No
         retry_after = getattr(exc, "wait", None) if isinstance(exc, drf.Throttled) else None
         error = ParleyError(_flatten(exc.detail), code=code or "invalid_input", retry_after=retry_after)
         return error, None if code else exc.status_code, {}
+    outage = database_unavailable(exc)
+    if outage is not None:
+        log_database_unavailable(exc, "REST API")
+        return outage, None, {}
     return None
 
 

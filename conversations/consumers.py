@@ -10,6 +10,11 @@ a revoked key closes the socket with 4401, a member removed or a plan without AP
 each after an `error` frame; a changed plan applies to the next turn. Every other refusal is an
 `error` frame and the socket stays open; a frame that is not valid (not JSON, not an object, too
 deep, too large, a field of the wrong type, text that is not valid Unicode) never reaches a service.
+
+A database that is unavailable (a PostgreSQL restart or outage) is an `error` frame
+`service_unavailable` with `retry_after`, and the socket stays open; at the upgrade, when who the
+socket acts as cannot be read, the `error` frame is followed by close code 4503 (reconnect after
+`retry_after`; config.handlers.WebsocketOutageGuard answers it when the database does not).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from accounts.errors import InvalidInput, PermissionDenied, Unauthenticated
 from accounts.selectors import membership_refresh
-from config.errors import ParleyError
+from config.errors import ParleyError, database_unavailable, log_database_unavailable
 from conversations import frames, turns
 from conversations import hub as hub_module
 from conversations.db import db_async
@@ -36,6 +41,7 @@ MAX_FRAME_BYTES = 64 * 1024  # of UTF-8 text (or binary) per client frame
 MAX_FRAME_DEPTH = 32  # nesting of arrays and objects in a client frame
 UNAUTHENTICATED_CLOSE_CODE = 4401
 FORBIDDEN_CLOSE_CODE = 4403
+UNAVAILABLE_CLOSE_CODE = 4503  # service_unavailable: reconnect after retry_after (Daphne cannot send 1013)
 _ECHO_CLIENT_ID_CHARS = 100  # a longer (so malformed) client_id is not echoed in the error
 
 
@@ -48,6 +54,8 @@ class _Refused(Exception):
 
 
 def _close_code(error: ParleyError) -> int:
+    if error.code == "service_unavailable":
+        return UNAVAILABLE_CLOSE_CODE
     return FORBIDDEN_CLOSE_CODE if isinstance(error, PermissionDenied) else UNAUTHENTICATED_CLOSE_CODE
 
 
@@ -166,12 +174,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._refuse(refused.error, client_id)
         except ParleyError as exc:
             await self.deliver(frames.error(exc, client_id))
-        except Exception:
+        except Exception as exc:
+            outage = database_unavailable(exc)
+            if outage is not None:
+                log_database_unavailable(exc, "websocket")
+                await self.deliver(frames.error(outage, client_id))
+                return
             logger.exception("websocket frame failed")
             await self.deliver(frames.error(ParleyError("Something went wrong.", code="internal_error"), client_id))
 
     async def _refuse(self, error: ParleyError, client_id: str | None = None) -> None:
-        """An `error` frame, then the close code (4401 or 4403); the socket follows nothing more."""
+        """An `error` frame, then the close code (4401, 4403, or 4503 for `service_unavailable`); the
+        socket follows nothing more."""
         self._closed = True
         await self._hub.unfollow_all(self)
         await self.deliver(frames.error(error, client_id))

@@ -37,7 +37,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from accounts.errors import Unauthenticated
 from accounts.selectors import api_key_authenticate, bearer_secret
-from config.errors import ParleyError, openai_error_parts
+from config.errors import ParleyError, database_unavailable, log_database_unavailable, openai_error_parts
 from conversations import engine
 from conversations import hub as hub_module
 from conversations.db import db_async
@@ -80,7 +80,9 @@ def method_not_allowed(allowed: str) -> JsonResponse:
 
 
 def openai_view(view):
-    """An async /v1/ view: CSRF-exempt (API keys only), and a bug answers OpenAI's error object (logged)."""
+    """An async /v1/ view: CSRF-exempt (API keys only). A database that is unavailable (a PostgreSQL
+    restart or outage, the pool's timeout) answers 503 `service_unavailable` with `Retry-After`; a bug
+    answers OpenAI's error object (logged)."""
 
     @csrf_exempt
     @functools.wraps(view)
@@ -89,7 +91,11 @@ def openai_view(view):
             return await view(request, *args, **kwargs)
         except ParleyError as err:
             return error_response(err)
-        except Exception:
+        except Exception as exc:
+            outage = database_unavailable(exc)
+            if outage is not None:
+                log_database_unavailable(exc, "/v1")
+                return error_response(outage)
             logger.exception("%s %s failed", request.method, request.path)
             return error_response(ParleyError("Internal error.", code="internal_error"))
 
