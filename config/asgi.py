@@ -9,12 +9,17 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.ws import WebsocketAuthStack  # noqa: E402
 from config.handlers import MiddlewareFreeASGIHandler, prefix_router  # noqa: E402
+from config.observability import WebsocketLogContext, asgi_application  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        # The OpenAI-compatible endpoint (API keys only) skips the middleware: see config/handlers.py.
-        "http": prefix_router("/v1/", MiddlewareFreeASGIHandler(), django_asgi_app),
-        "websocket": WebsocketAuthStack(URLRouter(websocket_urlpatterns)),
-    }
+# asgi_application: request ids in the logs for every protocol, and Sentry's ASGI middleware when
+# SENTRY_DSN is set (Django's integration does not see /v1 or the websockets).
+application = asgi_application(
+    ProtocolTypeRouter(
+        {
+            # The OpenAI-compatible endpoint (API keys only) skips the middleware: see config/handlers.py.
+            "http": prefix_router("/v1/", MiddlewareFreeASGIHandler(), django_asgi_app),
+            "websocket": WebsocketAuthStack(WebsocketLogContext(URLRouter(websocket_urlpatterns))),
+        }
+    )
 )

@@ -8,6 +8,10 @@ app = Celery("parley")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
+from config.observability import celery_setup  # noqa: E402 - after the app exists
+
+celery_setup()  # task ids in the logs; the worker's /metrics when METRICS_PORT is set
+
 
 @app.on_after_configure.connect
 def _collect_beat_schedules(sender: Celery, **kwargs) -> None:

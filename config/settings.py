@@ -12,6 +12,8 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
+from config.observability import logging_config, sentry_init
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # `.env` in the project root (or the file PARLEY_ENV_FILE names) fills in variables the real
@@ -101,6 +103,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     "accounts.middleware.CurrentOrganizationMiddleware",
+    "config.observability.LogContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -386,7 +389,7 @@ SESSION_COOKIE_SECURE = PRODUCTION
 CSRF_COOKIE_SECURE = PRODUCTION
 SECURE_SSL_REDIRECT = PRODUCTION and env_bool("SECURE_SSL_REDIRECT", default=True)
 # Load balancers probe over plain HTTP inside the private network.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if PRODUCTION else None
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000) if PRODUCTION else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = PRODUCTION
@@ -394,11 +397,12 @@ SECURE_HSTS_PRELOAD = PRODUCTION
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
-}
+# Plain lines for development; JSON in production: request and organization ids, never content
+# or secrets (config/observability.py, docs/operations.md).
+LOGGING = logging_config(env_str("LOG_FORMAT", "json" if PRODUCTION else "plain"), env_str("LOG_LEVEL", "INFO"))
+
+# --- Observability --------------------------------------------------------------------------
+# /metrics: with METRICS_TOKEN set, scrapers send it as a bearer token; without, only direct
+# loopback and private-network callers get it.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+sentry_init()  # only when SENTRY_DSN is set

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -90,11 +91,30 @@ def call_log_write_sync(attempt: Attempt) -> None:
         _write(attempt)
 
 
+RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30, 60)  # about two minutes: longer than a PostgreSQL restart
+_retrying: set[asyncio.Task] = set()
+
+
 async def call_log_write(attempt: Attempt) -> None:
-    """Never fails the stream: a log that cannot be written is reported, not raised."""
+    """Never fails the stream: a row that cannot be written now (the database restarting) is
+    written later, in the background, retried with backoff for about two minutes."""
     if not conf.call_log_enabled():
         return
     try:
         await _write_async(attempt)
     except Exception as exc:
-        logger.warning("could not write the provider call log (%s): %s", type(exc).__name__, redact(str(exc)))
+        logger.warning("could not write the provider call log (%s): %s; retrying", type(exc).__name__, redact(str(exc)))
+        task = asyncio.ensure_future(_write_later(attempt))
+        _retrying.add(task)
+        task.add_done_callback(_retrying.discard)
+
+
+async def _write_later(attempt: Attempt) -> None:
+    for delay in RETRY_DELAYS:
+        await asyncio.sleep(delay)
+        try:
+            await _write_async(attempt)
+            return
+        except Exception as exc:
+            failure = exc
+    logger.error("gave up writing the provider call log of %s (%s)", attempt.call_id, type(failure).__name__)

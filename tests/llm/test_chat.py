@@ -15,7 +15,7 @@ from llm.types import Finished, Message, TextDelta, ToolCall, ToolResult
 from tests.fakeprovider import auth_failed, overloaded, rate_limited, reply, stalled, tool_call
 from tests.llm.helpers import collect, text_of
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 
 def rows(request_id: str) -> list[ProviderCall]:
@@ -75,6 +75,32 @@ async def test_every_attempt_is_one_call_log_row(fake_provider, make_request):
     assert ok.time_to_first_token_ms is not None and ok.duration_ms >= ok.time_to_first_token_ms
     assert len(ok.prompt_sha256) == 64 and ok.finish_reason == "stop"
     assert len({r.call_id for r in log}) == 5
+
+
+async def test_a_call_log_row_the_database_refused_is_written_later(fake_provider, make_request, monkeypatch):
+    from django.db import OperationalError
+
+    from llm import calllog
+
+    fake_provider.openai.script([reply("Hi", usage=(12, 1))])
+    request = make_request("gpt-5.2-instant", "Hello")
+    real, failures = calllog._write, []
+
+    def flaky(attempt):
+        if not failures:
+            failures.append(attempt.call_id)
+            raise OperationalError("the database system is shutting down")
+        real(attempt)
+
+    monkeypatch.setattr(calllog, "_write_async", sync_to_async(flaky))
+    monkeypatch.setattr(calllog, "RETRY_DELAYS", (0.05, 0.05))
+    assert text_of(await collect(stream_chat(request))) == "Hi"
+    assert failures and await rows_async(request.request_id) == []  # the stream did not wait for it
+    async with asyncio.timeout(5):
+        while not await rows_async(request.request_id):
+            await asyncio.sleep(0.02)
+    [row] = await rows_async(request.request_id)
+    assert (row.input_tokens, row.output_tokens, row.status) == (12, 1, "ok")
 
 
 async def test_no_api_key_is_stored_or_logged(fake_provider, make_request, settings, caplog):

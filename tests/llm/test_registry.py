@@ -103,7 +103,7 @@ def test_llm_models_command(no_keys, settings):
     assert "available" in lines["gpt-5.2"] and "no key" in lines["claude-opus-4-5"] and "available" in lines["demo"]
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_llm_chat_command_streams_the_demo(settings):
     settings.PARLEY_DEMO_TOKEN_DELAY = 0
     out = StringIO()
@@ -112,7 +112,7 @@ def test_llm_chat_command_streams_the_demo(settings):
     assert ProviderCall.objects.filter(model="demo", status="ok").count() == 1
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_llm_chat_command_reports_unavailable_models(no_keys):
     with pytest.raises(CommandError, match="ModelUnavailable"):
         call_command("llm_chat", "--model", "gpt-5.2", "hi", stdout=StringIO())

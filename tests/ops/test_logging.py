@@ -502,7 +502,7 @@ def test_in_the_django_middleware_stack_every_response_names_its_request(setting
     assert second["X-Request-ID"] == "lb-request-000042"
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 async def test_wrapping_the_asgi_application_names_v1_requests_too():
     """/v1/ skips Django's middleware (config/handlers.py): only the ASGI wrapper can name it."""
     from channels.testing import HttpCommunicator
