@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test`: the whole suite against real PostgreSQL and Redis.
-# Installs what is missing (apt: postgresql, redis-server, chromium), starts private throwaway
+# Installs what is missing (apt: postgresql, redis-server, nginx, chromium), starts private throwaway
 # instances on free loopback ports, runs pytest, and stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,7 @@ started=$(date +%s)
 need=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)  # tests/ops/test_deploy.py runs the proxy configs
 [ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "Installing with apt: ${need[*]}"
