@@ -212,10 +212,11 @@ def reservations_record(records: Sequence[tuple[UUID, dict]], *, now: datetime |
     return Reservation.objects.filter(status=ReservationStatus.OPEN).bulk_update(rows, ["heartbeat_at", "recorded"])
 
 
-def reservations_stale(*, now: datetime | None = None, limit: int = 200) -> list[UUID]:
-    """Open reservations whose process has been silent too long, oldest first."""
+def reservations_stale(*, now: datetime | None = None, limit: int = 200, older_than: float | None = None) -> list[UUID]:
+    """Open reservations whose process has been silent too long (`older_than` seconds; by default
+    BILLING_HEARTBEAT_STALE_SECONDS), oldest first."""
     now = now or timezone.now()
-    cutoff = now - timedelta(seconds=heartbeat_stale_seconds())
+    cutoff = now - timedelta(seconds=heartbeat_stale_seconds() if older_than is None else older_than)
     return list(
         Reservation.objects.filter(status=ReservationStatus.OPEN)
         .annotate(seen=Coalesce("heartbeat_at", "created_at"))

@@ -34,10 +34,13 @@ COST_QUANTUM = Decimal("0.00000001")
 LOST = "The answer was interrupted (the server stopped)."
 
 
-def turns_recover(*, limit: int = 200) -> int:
-    """Settle every turn whose process has been silent too long; end its answer. Returns how many."""
+def turns_recover(*, limit: int = 200, older_than: float | None = None) -> int:
+    """Settle every turn whose process has been silent too long; end its answer. Returns how many.
+
+    `older_than=0` (start-up of the only process): every open turn, whatever its heartbeat.
+    """
     recovered = 0
-    for reservation_id in reservations_stale(limit=limit):
+    for reservation_id in reservations_stale(limit=limit, older_than=older_than):
         try:
             message = Message.objects.filter(reservation_id=reservation_id).values_list("id", flat=True).first()
             if answer_end_lost(message_id=message, reservation_id=reservation_id, stale_only=False):

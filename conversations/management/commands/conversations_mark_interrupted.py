@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand
 
+from conversations.recovery import turns_recover
 from conversations.turns import STALE_STREAMING_SECONDS, messages_mark_interrupted
 
 
@@ -15,5 +16,9 @@ class Command(BaseCommand):
         parser.add_argument("--stale-seconds", type=float, default=STALE_STREAMING_SECONDS)
 
     def handle(self, *args, **options) -> None:
+        # Turns are billed from their usage records first (conversations.recovery), then ended.
+        recovered = turns_recover(older_than=0 if options["all"] else None)
+        if recovered:
+            self.stdout.write(f"{recovered} turn(s) of a stopped process billed from their usage records.")
         count = messages_mark_interrupted(older_than_seconds=None if options["all"] else options["stale_seconds"])
         self.stdout.write(f"{count} interrupted answer(s) marked.")
