@@ -8,7 +8,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.ws import WebsocketAuthStack  # noqa: E402
-from config.handlers import MiddlewareFreeASGIHandler, prefix_router  # noqa: E402
+from config.handlers import MiddlewareFreeASGIHandler, WebsocketOutageGuard, prefix_router  # noqa: E402
 from config.observability import WebsocketLogContext, asgi_application  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 
@@ -19,7 +19,10 @@ application = asgi_application(
         {
             # The OpenAI-compatible endpoint (API keys only) skips the middleware: see config/handlers.py.
             "http": prefix_router("/v1/", MiddlewareFreeASGIHandler(), django_asgi_app),
-            "websocket": WebsocketAuthStack(WebsocketLogContext(URLRouter(websocket_urlpatterns))),
+            # WebsocketOutageGuard: an upgrade the database cannot answer closes 4503 with an error frame.
+            "websocket": WebsocketOutageGuard(
+                WebsocketAuthStack(WebsocketLogContext(URLRouter(websocket_urlpatterns)))
+            ),
         }
     )
 )

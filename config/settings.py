@@ -96,6 +96,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.middleware.DatabaseOutageMiddleware",
     "config.middleware.AsyncWhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -133,6 +134,8 @@ TEMPLATES = [
 if DATABASE_URL:
     _db = dj_database_url.parse(DATABASE_URL)
     if _db["ENGINE"] == "django.db.backends.postgresql":
+        # Django's backend, with a pool that recovers from a PostgreSQL restart at once (see there).
+        _db["ENGINE"] = "config.postgresql"
         # Under ASGI, persistent connections leak per thread; psycopg's pool is the supported way.
         _db["CONN_MAX_AGE"] = 0
         # A PostgreSQL restart leaves every pooled connection dead. With health checks on, Django
@@ -144,7 +147,8 @@ if DATABASE_URL:
         _db["OPTIONS"]["pool"] = {
             "min_size": env_int("DATABASE_POOL_MIN", 2),
             "max_size": env_int("DATABASE_POOL_MAX", 20),
-            "timeout": env_int("DATABASE_POOL_TIMEOUT", 10),
+            # How long a request waits for a connection: during an outage, the wait before its 503.
+            "timeout": env_int("DATABASE_POOL_TIMEOUT", 5),
         }
         if env_str("DATABASE_TEST_NAME"):
             _db["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME")}

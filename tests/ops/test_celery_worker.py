@@ -106,7 +106,7 @@ def celery_processes(tmp_path, private_redis) -> Iterator[Callable[[str], subpro
     """`start("worker")` / `start("beat")`: compose.yaml's command for that service, as a subprocess on
     the private Redis and the test database; terminated (warm shutdown) afterwards."""
     db = connection.settings_dict
-    assert db["ENGINE"] == "django.db.backends.postgresql", "run through scripts/test.sh (PostgreSQL)"
+    assert db["ENGINE"].endswith("postgresql"), "run through scripts/test.sh (PostgreSQL)"
     credentials = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
     env = dict(os.environ)
     env.pop("DATABASE_TEST_NAME", None)
