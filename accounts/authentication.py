@@ -4,6 +4,7 @@ Sets `request.user` to the key's user and `request.auth` to the key; the members
 as is at `request.membership` (also set for session users by the middleware).
 """
 
+import structlog
 from rest_framework import authentication, exceptions
 
 from accounts.errors import Unauthenticated
@@ -23,6 +24,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed(error.message) from None
         request._request.membership = membership
         request._request.api_key = key
+        structlog.contextvars.bind_contextvars(organization_id=str(membership.organization_id))  # the logs' context
         return key.user, key
 
     def authenticate_header(self, request) -> str:

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import structlog
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -211,8 +212,9 @@ def _chat_request(body: ChatCompletionBody, request_id: str) -> ChatRequest:
 def _authenticate_and_prepare(*, secret: str, body: ChatCompletionBody, request_id: str) -> engine.Prepared:
     """The key, its member and the engine's authorization, in one trip to a database thread (the hot path)."""
     key, membership = api_key_authenticate(secret=secret)
+    structlog.contextvars.bind_contextvars(organization_id=str(membership.organization_id))  # the logs' context
     return engine.turn_prepare(
-        caller=engine.Caller(membership=membership, api_key=key), request=_chat_request(body, request_id)
+        caller=engine.Caller(membership=membership, api_key=key, entry="v1"), request=_chat_request(body, request_id)
     )
 
 
