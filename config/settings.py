@@ -140,7 +140,7 @@ if DATABASE_URL:
         _db["CONN_MAX_AGE"] = 0
         # A PostgreSQL restart leaves every pooled connection dead. With health checks on, Django
         # has psycopg's pool check a connection before lending it (one round trip), so a restart
-        # costs at most the requests in flight (README, "Faults").
+        # costs at most the requests in flight (config/postgresql/).
         _db["CONN_HEALTH_CHECKS"] = env_bool("DATABASE_HEALTH_CHECKS", True)
         # Server-side binding lets psycopg prepare the queries a connection repeats (every turn's).
         _db.setdefault("OPTIONS", {})["server_side_binding"] = env_bool("DATABASE_SERVER_SIDE_BINDING", True)
