@@ -80,13 +80,12 @@ class Process:
     """One server process: its output in `logs/<name>.log`, its own process group."""
 
     def __init__(self, name: str, argv: list[str], *, env: dict[str, str], logs: Path,
-                 ready: Callable[[], bool] | None = None, user: str | None = None) -> None:
+                 ready: Callable[[], bool] | None = None) -> None:
         self.name = name
         self.argv = argv
         self.env = env
         self.log_path = logs / f"{name}.log"
         self.ready = ready
-        self.user = user
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.supervised = False  # restart it when it exits (Cluster's supervisor)
@@ -104,7 +103,7 @@ class Process:
         log.write(f"\n=== start {self.starts + 1} at {time.strftime('%H:%M:%S')} ===\n".encode())
         log.flush()
         self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, user=self.user)
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self.starts += 1
         if wait and self.ready is not None:
@@ -322,7 +321,7 @@ BUDGET_OUTPUT_TOKENS = 32
 class Cluster:
     """PostgreSQL, Redis, the fake provider, a Celery worker and beat, and two Daphne processes."""
 
-    def __init__(self, *, daphnes: int = 2, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, *, daphnes: int = 2, celery: bool = True, extra_env: dict[str, str] | None = None) -> None:
         self.run = Path(tempfile.mkdtemp(prefix="parley-faults-"))
         self.run.chmod(0o755)
         (self.run / "logs").mkdir()
@@ -336,6 +335,7 @@ class Cluster:
         self.fake = FakeProviderServer()
         self.extra_env = dict(extra_env or {})
         self._daphne_count = daphnes
+        self._celery = celery
         self.daphnes: list[Daphne] = []
         self.worker: Process | None = None
         self.beat: Process | None = None
@@ -356,6 +356,23 @@ class Cluster:
                        capture_output=True, timeout=300)
         self.manage("shell", "-c", PREPARE.replace("ARGS", repr(json.dumps({
             "models": list(MODELS.values()), "prices": PRICES, "budget_output_tokens": BUDGET_OUTPUT_TOKENS}))))
+        self.daphnes = [Daphne(i, env=env, logs=self.logs) for i in range(self._daphne_count)]
+        starting = [threading.Thread(target=d.start) for d in self.daphnes]
+        for thread in starting:
+            thread.start()
+        if self._celery:
+            self._start_celery(env)
+        for thread in starting:
+            thread.join()
+        for daphne in self.daphnes:
+            if not daphne.alive:
+                raise RuntimeError(f"{daphne.name} did not start:\n{daphne.tail()}")
+        self._supervising.set()
+        self._supervisor = threading.Thread(target=self._supervise, name="faults-supervisor", daemon=True)
+        self._supervisor.start()
+        return self
+
+    def _start_celery(self, env: dict[str, str]) -> None:
         self.worker = Process(
             "worker",
             [PY, "-m", "celery", "-A", "config", "worker", "-Q", "celery,models", "--pool", "threads",
@@ -368,22 +385,9 @@ class Cluster:
              "--pidfile", str(self.run / "beat.pid"), "-s", str(self.run / "beat-schedule")],
             env=env, logs=self.logs,
         )
-        self.daphnes = [Daphne(i, env=env, logs=self.logs) for i in range(self._daphne_count)]
-        starting = [threading.Thread(target=d.start) for d in self.daphnes]
-        for thread in starting:
-            thread.start()
         self.worker.start(wait=False)
         self.beat.start(wait=False)
-        for thread in starting:
-            thread.join()
-        for daphne in self.daphnes:
-            if not daphne.alive:
-                raise RuntimeError(f"{daphne.name} did not start:\n{daphne.tail()}")
         self.worker.supervised = self.beat.supervised = True
-        self._supervising.set()
-        self._supervisor = threading.Thread(target=self._supervise, name="faults-supervisor", daemon=True)
-        self._supervisor.start()
-        return self
 
     def close(self) -> None:
         self._supervising.clear()

@@ -27,6 +27,8 @@ class FaultRun:
     fault_ended: float
     samples: list[Sample]  # the prober's, from the fault's start to the end of the run
     watch: Watch | None = None
+    # answers that had ended before the fault began (the scenario's timing failed: a slow machine)
+    ended_early: list[Turn] = field(default_factory=list)
     # after the fault ended: seconds to the first complete ws and /v1 turn, per process (None: none in time)
     recovered: dict[str, float | None] = field(default_factory=dict)
     recovery_turns: list[Turn] = field(default_factory=list)  # every attempt, for the books
@@ -129,15 +131,18 @@ async def run_fault(cluster: Cluster, tenant: Tenant, prober_tenant: Tenant, *, 
         for index in down:
             prober.skip(index)
         fault_started = time.monotonic()
+        ended_early = [t for t in turns if t.ended_at is not None]
         await asyncio.to_thread(fault)
         if restore is not None:
             await asyncio.to_thread(restore)
         fault_ended = time.monotonic()
-        finished = await asyncio.gather(*tasks)
-        seen = await watch_task if watch_task is not None else None
+        # New turns from the fault's end on, while the answers it hit are still ending.
         up = processes_after if processes_after is not None else [i for i in range(len(cluster.daphnes)) if i not in down]
         attempts: list[Turn] = []
-        recovered = await first_success(cluster, tenant, processes=up, since=fault_ended, attempts=attempts)
+        recovery = asyncio.create_task(first_success(cluster, tenant, processes=up, since=fault_ended, attempts=attempts))
+        finished = await asyncio.gather(*tasks)
+        seen = await watch_task if watch_task is not None else None
+        recovered = await recovery
         samples = prober.between(fault_started, time.monotonic())
     return FaultRun(turns=list(finished), fault_started=fault_started, fault_ended=fault_ended, samples=samples,
-                    watch=seen, recovered=recovered, recovery_turns=attempts)
+                    watch=seen, recovered=recovered, recovery_turns=attempts, ended_early=ended_early)

@@ -57,6 +57,11 @@ def not_whole(turns) -> list[str]:
     return bad
 
 
+def timing(run: FaultRun) -> list[str]:
+    return [f"the scenario's timing failed: this answer had ended before the fault: {t.describe()}"
+            for t in run.ended_early]
+
+
 def report(problems: list[str]) -> None:
     assert not problems, f"{len(problems)} problem(s):\n" + "\n".join(f"- {p}" for p in problems)
 
@@ -69,7 +74,7 @@ async def test_redis_restart(cluster, tenants):
     tenant = tenants["redis"]
     restarts = dict(cluster.restarted)
     run = await run_fault(cluster, tenant, tenants["prober"], fault=lambda: cluster.redis.restart(down=2.0), watcher=True)
-    problems = not_whole(run.turns)
+    problems = timing(run) + not_whole(run.turns)
     if run.watch is None or not run.watch.consistent:
         problems.append(f"the watcher on the other process: {run.watch}")
     problems += sorted({f"refused while Redis was away: {s.what}@{s.process}: {s.status} {s.error}{s.body[:100]!r}"
@@ -87,7 +92,7 @@ async def test_postgres_restart(cluster, tenants):
     succeed again within 30 s."""
     tenant = tenants["postgres"]
     run = await run_fault(cluster, tenant, tenants["prober"], fault=lambda: cluster.postgres.restart(down=3.0))
-    report(not_whole(run.turns) + bad_answers(run) + recovery_problems(run) + books_problems(cluster, tenant, run))
+    report(timing(run) + not_whole(run.turns) + bad_answers(run) + recovery_problems(run) + books_problems(cluster, tenant, run))
 
 
 async def test_daphne_sigkill(cluster, tenants):
@@ -99,7 +104,8 @@ async def test_daphne_sigkill(cluster, tenants):
     victim = cluster.daphnes[0]
     run = await run_fault(cluster, tenant, tenants["prober"], fault=victim.kill, down=[0])
     killed = [t for t in run.turns if t.process == 0]
-    problems = [f"expected cut off with text: {t.describe()}" for t in killed if not t.saw_text or t.completed]
+    problems = timing(run) + [f"expected cut off with text: {t.describe()}" for t in killed
+                              if not t.saw_text or t.completed]
     problems += not_whole(t for t in run.turns if t.process == 1)
     problems += bad_answers(run) + recovery_problems(run)
     problems += books_problems(cluster, tenant, run)  # with process 0 still down: the sweeps did it
@@ -129,8 +135,8 @@ async def test_provider_dies_mid_stream(cluster, tenants):
         fake.start()
 
     run = await run_fault(cluster, tenant, tenants["prober"], fault=fake.kill, restore=restore)
-    problems = [f"expected failed with its partial text: {t.describe()}" for t in run.turns
-                if not t.saw_text or t.status != "failed"]
+    problems = timing(run) + [f"expected failed with its partial text: {t.describe()}" for t in run.turns
+                              if not t.saw_text or t.status != "failed"]
     problems += [f"the final content is not what was streamed: {t.describe()}" for t in run.turns
                  if t.entry == "ws" and t.status == "failed" and t.final_content != t.text]
     report(problems + bad_answers(run) + recovery_problems(run) + books_problems(cluster, tenant, run))
