@@ -1,12 +1,15 @@
 """Tenant-scoped reads of accounts data. Missing and foreign ids raise the same `NotFound`."""
 
 import copy
+import logging
+import threading
 import time
 from typing import TypeVar
 from uuid import UUID, uuid4
 
 from django.core.cache import cache
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 
@@ -14,6 +17,7 @@ from accounts.errors import NotFound, PermissionDenied, Unauthenticated
 from accounts.models import ApiKey, Invitation, Membership, Organization, hash_api_key
 
 _T = TypeVar("_T", bound=Model)
+logger = logging.getLogger(__name__)
 
 
 def memberships_for_user(*, user) -> list[Membership]:
@@ -57,17 +61,103 @@ def member_get_in_organization(*, organization: Organization, membership_id: UUI
 # seconds, and forgotten by every process as soon as any key, membership, user, organization or tier
 # is saved or deleted anywhere (a generation mark in the shared cache, read on each call). Open
 # websockets re-check their member (and key) the same way before each turn: membership_refresh.
+#
+# Redis down (the cache answers misses, config.cache.ResilientRedisCache): a mark that cannot be read
+# trusts nothing remembered, so every key is checked against the database until it can be read again
+# (entries remembered meanwhile carry no mark and are never trusted later). A change made while the
+# mark cannot be written clears this process's memory at once, and a thread keeps writing the new
+# mark until it succeeds or KEY_CACHE_SECONDS have passed (by then every entry remembered before the
+# change has expired in every process): a key revoked during an outage cannot come back from another
+# process's memory when Redis returns. A mark lost with Redis's data (a restart without persistence)
+# is replaced by the first process that reads it, which again outdates every remembered entry.
 KEY_CACHE_SECONDS = 10.0
 _GENERATION = "accounts:auth-generation"
+MARK_RETRY_SECONDS = 0.5
 _keys: dict[str, tuple[float, str | None, ApiKey, Membership]] = {}
 _members: dict[UUID, tuple[float, str | None, Membership]] = {}  # session members (membership_refresh)
+_mark_retry_lock = threading.Lock()
+_mark_retry_until = 0.0  # monotonic: keep trying to write a new mark until then
+_mark_retry_thread: threading.Thread | None = None
+_mark_pending = 0  # changes whose mark could not be written, not yet made good by the retry thread
 
 
 def auth_generation_bump(**_) -> None:
-    """Forget every process's remembered keys (connected to saves and deletes of the models they use)."""
-    cache.set(_GENERATION, uuid4().hex, None)
+    """Forget every process's remembered keys (connected to saves and deletes of the models they use).
+
+    Written now and again after the transaction commits: a process that reads the database between
+    the two (the change not yet visible) would otherwise remember the old state under the new mark.
+    """
+    _generation_bump()
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(_generation_bump)
+
+
+def _generation_bump() -> None:
     _keys.clear()
     _members.clear()
+    if not _mark_write():
+        _mark_retry_start()
+
+
+def _mark_write() -> bool:
+    """A new generation mark in the shared cache; False when the cache could not take it."""
+    try:
+        return cache.set(_GENERATION, uuid4().hex, None) is not False  # Django's backends answer None
+    except Exception as error:  # a cache backend that raises while its server is down (not ResilientRedisCache)
+        _cache_unreachable(error)
+        return False
+
+
+def _mark_retry_start() -> None:
+    global _mark_retry_until, _mark_retry_thread, _mark_pending
+    with _mark_retry_lock:
+        _mark_retry_until = time.monotonic() + KEY_CACHE_SECONDS
+        _mark_pending += 1
+        if _mark_retry_thread is None or not _mark_retry_thread.is_alive():
+            _mark_retry_thread = threading.Thread(target=_mark_retry, name="accounts-mark-retry", daemon=True)
+            _mark_retry_thread.start()
+
+
+def _mark_retry() -> None:
+    """Write a new mark until one write follows every change that could not write its own."""
+    global _mark_retry_thread, _mark_pending
+    while True:
+        time.sleep(MARK_RETRY_SECONDS)
+        with _mark_retry_lock:
+            if time.monotonic() > _mark_retry_until:
+                _mark_pending, _mark_retry_thread = 0, None
+                return
+            wanted = _mark_pending
+        if _mark_write():
+            with _mark_retry_lock:
+                if _mark_pending == wanted:
+                    _mark_pending, _mark_retry_thread = 0, None
+                    return
+
+
+_warned_at = -1e9
+
+
+def _cache_unreachable(error: Exception) -> None:
+    global _warned_at
+    now = time.monotonic()
+    if now - _warned_at >= 10:
+        _warned_at = now
+        logger.warning("API keys: the cache is unreachable (%s); checking keys against the database.", error.__class__.__name__)
+
+
+def _generation() -> str | None:
+    """The shared generation mark, or None when it cannot be read: then nothing remembered is trusted."""
+    try:
+        mark = cache.get(_GENERATION)
+        if mark is None:
+            # Never written, or lost with Redis's data (or Redis is down: then `add` fails too).
+            candidate = uuid4().hex
+            mark = candidate if cache.add(_GENERATION, candidate, None) else cache.get(_GENERATION)
+    except Exception as error:  # a cache backend that raises while its server is down (not ResilientRedisCache)
+        _cache_unreachable(error)
+        return None
+    return mark
 
 
 def api_key_authenticate(*, secret: str) -> tuple[ApiKey, Membership]:
@@ -84,8 +174,8 @@ def api_key_authenticate(*, secret: str) -> tuple[ApiKey, Membership]:
 
 
 def _api_key_resolve(hashed: str) -> tuple[ApiKey, Membership]:
-    generation = cache.get(_GENERATION)
-    remembered = _keys.get(hashed)
+    generation = _generation()
+    remembered = _keys.get(hashed) if generation is not None else None
     if remembered is not None and remembered[0] > time.monotonic() and remembered[1] == generation:
         key, membership = copy.copy(remembered[2]), copy.copy(remembered[3])
     else:
@@ -130,8 +220,8 @@ def membership_refresh(*, membership: Membership, api_key: ApiKey | None = None)
                 raise PermissionDenied(_NO_LONGER_A_MEMBER) from None
             raise
         return current, key
-    generation = cache.get(_GENERATION)
-    remembered = _members.get(membership.pk)
+    generation = _generation()
+    remembered = _members.get(membership.pk) if generation is not None else None
     if remembered is not None and remembered[0] > time.monotonic() and remembered[1] == generation:
         current = copy.copy(remembered[2])
     else:
