@@ -11,6 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts.errors import InvalidInput, NotFound, PermissionDenied
+from billing.models import Reservation, ReservationStatus
 from conversations import engine, services, turns
 from conversations.errors import Busy, ConversationNotFound
 from conversations.generation import message_save_final
@@ -132,10 +133,16 @@ def test_busy_is_decided_in_the_database(org_a):
 
 def test_a_stale_streaming_answer_does_not_block_the_conversation(org_a):
     started, _ = _begin(org_a.member, None)
-    Message.objects.filter(id=started.assistant_message.id).update(updated_at=timezone.now() - timedelta(minutes=5))
+    answer = Message.objects.get(id=started.assistant_message.id)
+    Message.objects.filter(id=answer.id).update(updated_at=timezone.now() - timedelta(minutes=5))
+    # Its process still writes the turn's heartbeat (settling after a database blip): still busy.
+    with pytest.raises(Busy):
+        _begin(org_a.member, started.conversation.id, content="again")
+    Reservation.objects.filter(id=answer.reservation_id).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     again, _ = _begin(org_a.member, started.conversation.id, content="again")
     assert again.created
-    assert Message.objects.get(id=started.assistant_message.id).status == Status.INTERRUPTED
+    assert Message.objects.get(id=answer.id).status == Status.INTERRUPTED
+    assert Reservation.objects.get(id=answer.reservation_id).status == ReservationStatus.RECOVERED
 
 
 def test_client_id_is_idempotent_and_private(org_a, org_b):
@@ -168,8 +175,10 @@ def test_refused_turn_leaves_nothing_behind(org_a, tier_factory):
 def test_mark_interrupted_command(org_a):
     fresh, _ = _begin(org_a.member, None)
     stale, _ = _begin(org_a.member, None)
-    Message.objects.filter(id=stale.assistant_message.id).update(updated_at=timezone.now() - timedelta(minutes=5))
-    call_command("conversations_mark_interrupted")  # default: only answers whose process stopped saving
+    long_ago = timezone.now() - timedelta(minutes=5)
+    Message.objects.filter(id=stale.assistant_message.id).update(updated_at=long_ago)
+    Reservation.objects.filter(id=stale.assistant_message.reservation_id).update(heartbeat_at=long_ago)
+    call_command("conversations_mark_interrupted")  # default: only answers whose process stopped
     assert Message.objects.get(id=stale.assistant_message.id).status == Status.INTERRUPTED
     assert Message.objects.get(id=fresh.assistant_message.id).status == Status.STREAMING
     call_command("conversations_mark_interrupted", "--all")  # start-up of the only process
@@ -177,6 +186,7 @@ def test_mark_interrupted_command(org_a):
     assert fresh_answer.status == Status.INTERRUPTED and fresh_answer.error_code == "interrupted"
     assert fresh_answer.finished_at is not None
     assert Message.objects.get(id=fresh.user_message.id).status == Status.COMPLETE
+    assert not Reservation.objects.filter(status=ReservationStatus.OPEN).exists(), "both turns are settled"
 
 
 def test_selectors_scope_to_the_owner(org_a, org_b):
