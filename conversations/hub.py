@@ -34,9 +34,9 @@ process. What other processes missed is repaired when the layer answers again:
   go to the layer. An answer that ended meanwhile gets its `generation.finished` sent again;
 - a follower in another process that sees a gap in a remote answer's `seq` asks its owner for a
   snapshot (`hub.sync`) and passes on nothing of the gap;
-- a join (group_add) or a `hub.sync` that failed is retried by the repair loop; until the owner can
-  be asked, a follower gets snapshots of the saved text (the database is the record), then the
-  owner's snapshot and live deltas once it answers.
+- a join (group_add), a `hub.sync` or a `hub.stop` that failed is retried by the repair loop; until
+  the owner can be asked, a follower gets snapshots of the saved text (the database is the record),
+  then the owner's snapshot and live deltas once it answers.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ LAYER_RETRY_MIN = 0.5  # after a failure, the layer is not tried for this long, 
 LAYER_RETRY_MAX = 4.0  # … up to this while it keeps failing
 REPAIR_INTERVAL = 1.0  # seconds between the repair loop's rounds (joins, syncs, lost frames)
 MISSED_MAX_AGE = 300.0  # seconds: lost frames of an ended answer are given up after this
+STOP_MAX_AGE = 60.0  # seconds: a stop that could not be sent is given up after this
 LOG_EVERY = 10.0  # seconds: at most one warning about the layer per this
 _TOOL_FRAMES = frozenset({"tool.call", "tool.result"})
 _OPENING_FRAMES = frozenset({"conversation.created", "message.created"})
@@ -155,6 +156,7 @@ class Hub:
         self._missed_lock = asyncio.Lock()
         self._unjoined: set[UUID] = set()  # joins that failed
         self._resync: set[UUID] = set()  # conversations whose followers here may have missed a remote answer's frames
+        self._stops: dict[UUID, tuple[float, UUID, dict]] = {}  # stops for other processes not sent yet
         self._repair_task: asyncio.Task | None = None
 
     def _bind(self) -> None:
@@ -365,7 +367,7 @@ class Hub:
 
     async def _repair(self) -> None:
         """Retry failed joins, syncs and sends until nothing is left to repair."""
-        while self._unjoined or self._resync or self._missed:
+        while self._unjoined or self._resync or self._missed or self._stops:
             await asyncio.sleep(REPAIR_INTERVAL)
             try:
                 await self._repair_once()
@@ -384,6 +386,9 @@ class Hub:
             if await self._resync_follows(conversation_id):
                 self._resync.discard(conversation_id)
         now = time.monotonic()
+        for message_id, (since, conversation_id, stop) in list(self._stops.items()):
+            if now - since > STOP_MAX_AGE or await self._send(conversation_id, stop):
+                self._stops.pop(message_id, None)
         for conversation_id, (since, _lost) in list(self._missed.items()):
             if conversation_id not in self.generations and now - since > MISSED_MAX_AGE:
                 self._missed.pop(conversation_id, None)  # the followers elsewhere have resubscribed long since
@@ -637,7 +642,11 @@ class Hub:
             generation.cancel()
             return True
         if self._layer is not None:
-            await self._send(conversation_id, {"type": "hub.stop", "origin": self.process_id, "message": str(message_id)})
+            stop = {"type": "hub.stop", "origin": self.process_id, "message": str(message_id)}
+            if not await self._send(conversation_id, stop):
+                # Sent again by the repair loop when the layer answers (stopping twice changes nothing).
+                self._stops[message_id] = (time.monotonic(), conversation_id, stop)
+                self._repair_soon()
         return False
 
     async def aclose(self) -> None:
@@ -655,6 +664,7 @@ class Hub:
         self._unjoined.clear()
         self._resync.clear()
         self._missed.clear()
+        self._stops.clear()
 
     # --- the channel layer ------------------------------------------------------------------
 
