@@ -136,6 +136,14 @@ def _content(frame: dict) -> str:
 class ChatConsumer(AsyncWebsocketConsumer):
     # Tests give a consumer the hub of a simulated second process: ChatConsumer.as_asgi(hub=...).
     hub: hub_module.Hub | None = None
+    # No channel of its own: the hub does the cross-process work, and a socket opened through Redis
+    # on every connect would make every upgrade fail while Redis is down.
+    channel_layer_alias = None
+
+    def __init__(self, *args, hub: hub_module.Hub | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)  # Channels' base ignores keyword arguments: keep the hub here
+        if hub is not None:
+            self.hub = hub
 
     async def connect(self) -> None:
         self._hub = self.hub or hub_module.default()
