@@ -141,7 +141,8 @@ def main() -> int:
                 after = cpu_seconds(server), cpu_seconds(postgres_pids(cluster) | database)
                 rows[mode].append((after[0] - before[0], after[1] - before[1], tokens, answers))
                 (turns, recorded), = cluster.sql(
-                    "SELECT count(*), count(heartbeat_at) FROM billing_reservation WHERE created_at >= %s", [since])
+                    "SELECT count(*), count(*) FILTER (WHERE recorded::text <> '{}') FROM billing_reservation "
+                    "WHERE created_at >= %s", [since])
                 d, p, t, a = rows[mode][-1]
                 print(f"  round {round_ + 1} {mode:>3}: {t} tokens, {a} answers ({recorded} of {turns} reservations "
                       f"with a usage record); Daphne {d * 1e6 / t:.1f} µs/token, PostgreSQL {p * 1e6 / t:.1f} µs/token",

@@ -303,6 +303,7 @@ class Prober:
         self.interval = interval
         self.samples: list[Sample] = []
         self._task: asyncio.Task | None = None
+        self._asking: set[asyncio.Task] = set()
         self._skip: set[int] = set()
 
     def skip(self, process: int) -> None:
@@ -322,13 +323,22 @@ class Prober:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for ask in list(self._asking):
+            ask.cancel()
+        await asyncio.gather(*self._asking, return_exceptions=True)
         await self._client.aclose()
 
     async def _run(self) -> None:
+        # A new round every `interval`, whatever the last one is waiting for: a request that hangs
+        # while the database is away does not stop the next ones from being sent.
         while True:
-            asks = [self._ask(i, url, what) for i, url in enumerate(self.urls) if i not in self._skip
-                    for what in ("models", "rest", "demo")]
-            await asyncio.gather(*asks)
+            for i, url in enumerate(self.urls):
+                if i in self._skip:
+                    continue
+                for what in ("models", "rest", "demo"):
+                    task = asyncio.create_task(self._ask(i, url, what))
+                    self._asking.add(task)
+                    task.add_done_callback(self._asking.discard)
             await asyncio.sleep(self.interval)
 
     async def _ask(self, process: int, url: str, what: str) -> None:

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .books import ledger
 from .clients import Prober, Sample, Turn, Watch, v1_turn, watch, ws_turn
 from .harness import MODELS, Cluster, Tenant
 
@@ -25,6 +24,8 @@ class FaultRun:
     turns: list[Turn]  # the answers streaming when the fault hit
     fault_started: float
     fault_ended: float
+    fault_started_wall: float  # time.time() of the same moments (to compare with database timestamps)
+    fault_ended_wall: float
     samples: list[Sample]  # the prober's, from the fault's start to the end of the run
     watch: Watch | None = None
     # answers that had ended before the fault began (the scenario's timing failed: a slow machine)
@@ -95,19 +96,6 @@ async def warm_up(cluster: Cluster, tenant: Tenant) -> list[Turn]:
     return list(done)
 
 
-async def first_settled(cluster: Cluster, turns: list[Turn], *, since: float, limit: float = 60.0) -> float | None:
-    """Seconds after `since` until the first of these complete turns has its ledger row and no open reservation."""
-    complete = [t for t in turns if t.completed and t.turn_id]
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        for turn in complete:
-            if ledger(cluster, turn.turn_id) and not cluster.sql(
-                    "SELECT 1 FROM billing_reservation WHERE request_id = %s AND status = 'open'", [turn.turn_id]):
-                return time.monotonic() - since
-        await asyncio.sleep(0.2)
-    return None
-
-
 async def run_fault(cluster: Cluster, tenant: Tenant, prober_tenant: Tenant, *, fault: Callable[[], None],
                     restore: Callable[[], None] | None = None, down: list[int] = (), watcher: bool = False,
                     processes_after: list[int] | None = None) -> FaultRun:
@@ -130,12 +118,12 @@ async def run_fault(cluster: Cluster, tenant: Tenant, prober_tenant: Tenant, *, 
         await asyncio.sleep(0.5)  # well inside the answers: about 10 deltas each
         for index in down:
             prober.skip(index)
-        fault_started = time.monotonic()
+        fault_started, fault_started_wall = time.monotonic(), time.time()
         ended_early = [t for t in turns if t.ended_at is not None]
         await asyncio.to_thread(fault)
         if restore is not None:
             await asyncio.to_thread(restore)
-        fault_ended = time.monotonic()
+        fault_ended, fault_ended_wall = time.monotonic(), time.time()
         # New turns from the fault's end on, while the answers it hit are still ending.
         up = processes_after if processes_after is not None else [i for i in range(len(cluster.daphnes)) if i not in down]
         attempts: list[Turn] = []
@@ -143,6 +131,8 @@ async def run_fault(cluster: Cluster, tenant: Tenant, prober_tenant: Tenant, *, 
         finished = await asyncio.gather(*tasks)
         seen = await watch_task if watch_task is not None else None
         recovered = await recovery
+        await asyncio.sleep(max(0.0, fault_ended + 2.0 - time.monotonic()))  # the prober, after the fault
         samples = prober.between(fault_started, time.monotonic())
-    return FaultRun(turns=list(finished), fault_started=fault_started, fault_ended=fault_ended, samples=samples,
+    return FaultRun(turns=list(finished), fault_started=fault_started, fault_ended=fault_ended,
+                    fault_started_wall=fault_started_wall, fault_ended_wall=fault_ended_wall, samples=samples,
                     watch=seen, recovered=recovered, recovery_turns=attempts, ended_early=ended_early)
