@@ -33,7 +33,7 @@ from conversations.models import DEFAULT_MODEL, Conversation, Message, Role, Sta
 from conversations.selectors import message_get_for_member, persona_get_for_member
 from llm.errors import ModelUnavailable
 from llm.registry import model_get
-from llm.tokens import count_text, fit_messages
+from llm.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING, count_text, fit_messages
 from llm.tools import ToolSet, toolset_for_tier
 from llm.types import ChatRequest
 from llm.types import Message as LLMMessage
@@ -124,6 +124,8 @@ def _prompt(
     prompt_tokens = sum(counts[len(counts) - len(kept_history) :]) if kept_history else 0
     if system is not None:
         prompt_tokens += count_text(system_text, model_info.alias)
+    # the chat formatting the vendor bills too: per message, and the reply's priming (llm.tokens)
+    prompt_tokens += MESSAGE_OVERHEAD * len(kept) + REPLY_PRIMING
     return tuple(kept), prompt_tokens
 
 

@@ -38,7 +38,7 @@ from llm import conf, registry
 from llm import errors as e
 from llm.calllog import Attempt, call_log_write, prompt_sha256
 from llm.providers import provider_get
-from llm.tokens import count_messages, count_text
+from llm.tokens import count_messages, count_text, prompt_tokens_bound
 from llm.tools import ToolSet
 from llm.types import (
     ChatRequest,
@@ -383,7 +383,13 @@ class ChatStream:
             output = count_text("".join(text), model.alias) + sum(
                 count_text(c.name) + count_text(c.raw_arguments or json.dumps(c.arguments)) for c in tool_calls
             )
-            usage = Usage(input_tokens=count_messages(attempt.request.messages, model.alias), output_tokens=output,
+            # The vendor bills the whole prompt it was sent, counted its way: never estimate below that.
+            request = attempt.request
+            tools_json = json.dumps([{"name": t.name, "description": t.description, "parameters": t.parameters}
+                                     for t in request.tools]) if request.tools else ""
+            prompt = prompt_tokens_bound(request.messages, tools_json=tools_json, provider=model.provider,
+                                         counted=count_messages(request.messages, model.alias))
+            usage = Usage(input_tokens=prompt, output_tokens=output,
                           call_id=record.call_id, model=model.alias, provider=model.provider, estimated=True)
         else:
             return None
