@@ -35,6 +35,7 @@ from uuid import UUID
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.db import Error as DatabaseFailure
 
 from accounts.models import ApiKey, Membership
 from billing.reservations import TurnAuthorization, turn_authorize
@@ -498,7 +499,7 @@ class BilledStream:
             try:
                 await db_async(self._settle)(outcome)
                 return
-            except Exception as exc:
+            except DatabaseFailure as exc:  # anything else is a bug: retrying cannot help (logged by _finish)
                 if time.monotonic() + delay > give_up_at:
                     logger.error("settling %s failed for good (%s); the recovery sweep bills it", self.id, type(exc).__name__)
                     raise
