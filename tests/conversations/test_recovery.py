@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from billing.models import LedgerEntry, PeriodSpend, Reservation, ReservationStatus
 from billing.settlement import reservations_record, turn_settle
+from config import metrics
 from conversations import engine, generation, recovery
 from conversations import hub as hub_module
 from conversations.models import Message, Status
@@ -195,6 +196,7 @@ async def test_a_dead_process_turn_is_billed_from_its_record_and_released(org_a,
     for task in list(engine._tasks):
         task.cancel()
     engine._running.clear()
+    metrics.turn_finished("chat", "interrupted", duration=0)  # the dead process's gauge went with it
     await wait_idle()
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
 from django.http import HttpResponse
 from django.test import RequestFactory
 from structlog.contextvars import bound_contextvars
@@ -67,6 +68,7 @@ def _lines(lines):
 
 
 def test_a_line_is_json_with_the_context_ids_and_the_fixed_fields():
+    structlog.contextvars.clear_contextvars()  # an earlier test's request may have bound ids in this thread
     with json_lines() as (logger, lines):
         with bound_contextvars(request_id="req-0123456789", organization_id="42"):
             logger.warning("settled %s for %d tokens", "chatcmpl-abc123", 1234)
