@@ -565,7 +565,7 @@ async def test_a_join_that_failed_while_redis_was_down_is_retried(org_a, member_
 async def test_a_stop_and_a_subscribe_for_another_process_wait_for_the_layer(
     org_a, member_secret, settings, on_private_redis, process_factory
 ):
-    settings.PARLEY_DEMO_TOKEN_DELAY = 0.01
+    settings.PARLEY_DEMO_TOKEN_DELAY = 0.05  # /long streams for ~20 s: the outage below must end before it does
     _hub_a, app_a = process_factory("process-a")
     _hub_b, app_b = process_factory("process-b")
     secret = await member_secret(org_a.member)
