@@ -7,6 +7,7 @@ as is at `request.membership` (also set for session users by the middleware).
 import structlog
 from rest_framework import authentication, exceptions
 
+from accounts.audit import audit_bind
 from accounts.errors import Unauthenticated
 from accounts.selectors import api_key_authenticate, bearer_secret
 
@@ -25,6 +26,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         request._request.membership = membership
         request._request.api_key = key
         structlog.contextvars.bind_contextvars(organization_id=str(membership.organization_id))  # the logs' context
+        audit_bind(user=key.user, api_key=key)  # undone with the request's context (accounts.middleware)
         return key.user, key
 
     def authenticate_header(self, request) -> str:

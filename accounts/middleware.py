@@ -1,6 +1,7 @@
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 
+from accounts.audit import audit_bind, audit_unbind, context_from_request
 from accounts.errors import NotFound
 from accounts.selectors import membership_default, membership_get
 
@@ -46,12 +47,21 @@ class CurrentOrganizationMiddleware:
             return self.__acall__(request)
         request.membership = resolve_membership(request)
         request.api_key = None
-        return self.get_response(request)
+        token = audit_bind(**context_from_request(request))  # who acts, for accounts.audit
+        try:
+            return self.get_response(request)
+        finally:
+            audit_unbind(token)
 
     async def __acall__(self, request):
-        if settings.SESSION_COOKIE_NAME in request.COOKIES:
+        has_session = settings.SESSION_COOKIE_NAME in request.COOKIES
+        if has_session:  # resolves request.user too, in the thread
             request.membership = await sync_to_async(resolve_membership)(request)
         else:  # no session, so anonymous: no thread hop (API-key and OpenAI-compatible requests)
             request.membership = None
         request.api_key = None
-        return await self.get_response(request)
+        token = audit_bind(**context_from_request(request, anonymous=not has_session))  # who acts, for accounts.audit
+        try:
+            return await self.get_response(request)
+        finally:
+            audit_unbind(token)

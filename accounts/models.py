@@ -3,6 +3,7 @@ import secrets
 import uuid
 from decimal import Decimal
 
+import pgtrigger
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
 from django.utils import timezone
@@ -96,6 +97,9 @@ class Organization(models.Model):
     tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="organizations")
     is_personal = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
+    # Suspended by staff: members can log in, but every turn, API key and websocket is refused.
+    suspended_at = models.DateTimeField(null=True, blank=True)
+    suspended_reason = models.CharField(max_length=500, blank=True)
 
     objects = OrganizationQuerySet.as_manager()
 
@@ -104,6 +108,10 @@ class Organization(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_suspended(self) -> bool:
+        return self.suspended_at is not None
 
 
 class Role(models.TextChoices):
@@ -228,3 +236,133 @@ class ApiKey(models.Model):
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or timezone.now() < self.expires_at
+
+
+# --- Oversight --------------------------------------------------------------------------------
+
+
+class ActorType(models.TextChoices):
+    USER = "user", "User"
+    STAFF = "staff", "Staff user"
+    API_KEY = "api_key", "API key"
+    SYSTEM = "system", "System (task or command)"
+    ANONYMOUS = "anonymous", "Anonymous (e.g. a failed log-in)"
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def for_organization(self, organization):
+        return self.filter(organization=organization)
+
+    def update(self, **kwargs):
+        raise TypeError("Audit events are append-only.")
+
+    def delete(self):
+        raise TypeError("Audit events are append-only.")
+
+
+class AuditEvent(models.Model):
+    """Who did what, when, to which object: one row per security- or money-relevant action.
+
+    Written by the service that makes the change, in its transaction (accounts.audit.audit_record).
+    Append-only: the model refuses save-over and delete, and on PostgreSQL a trigger refuses UPDATE
+    and DELETE. Each row's `hash` covers its fields and the previous row of the same chain (one
+    chain per organization, and one for events of no organization), so `manage.py audit_verify`
+    detects any rewrite.
+
+    References are kept without database constraints (and with their labels copied) so an event
+    outlives the user, key or organization it names.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.DO_NOTHING, db_constraint=False, null=True, blank=True, related_name="+"
+    )
+    sequence = models.PositiveBigIntegerField(help_text="Position in its chain, from 1.")
+    actor_type = models.CharField(max_length=10, choices=ActorType.choices)
+    actor_user = models.ForeignKey(
+        User, on_delete=models.DO_NOTHING, db_constraint=False, null=True, blank=True, related_name="+"
+    )
+    actor_api_key = models.ForeignKey(
+        ApiKey, on_delete=models.DO_NOTHING, db_constraint=False, null=True, blank=True, related_name="+"
+    )
+    actor_label = models.CharField(max_length=255, blank=True, help_text="E-mail, key prefix or task name.")
+    action = models.CharField(max_length=64, db_index=True, help_text="Dotted name, e.g. api_key.create.")
+    target_type = models.CharField(max_length=64, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    target_label = models.CharField(max_length=255, blank=True)
+    changes = models.JSONField(default=dict, blank=True, help_text="{field: [before, after]}; never secrets.")
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=400, blank=True)
+    request_id = models.CharField(max_length=100, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-sequence"]
+        indexes = [
+            models.Index(fields=["organization", "-created_at"], name="audit_org_created"),
+            models.Index(fields=["organization", "sequence"], name="audit_org_sequence"),
+            models.Index(fields=["actor_user", "-created_at"], name="audit_actor_created"),
+        ]
+        triggers = [
+            pgtrigger.Protect(name="audit_append_only", operation=pgtrigger.Update | pgtrigger.Delete),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} by {self.actor_label or self.actor_type}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise TypeError("Audit events are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise TypeError("Audit events are append-only.")
+
+
+class AuditChainHead(models.Model):
+    """The last link of one chain: appends lock this row, so a chain never forks under concurrency.
+
+    `chain` is the organization's id, or "platform" for events of no organization. After a
+    retention purge, `purged_through` / `purged_hash` are the sequence and hash of the last purged
+    row: the first kept row must link to it.
+    """
+
+    chain = models.CharField(max_length=40, primary_key=True)
+    sequence = models.PositiveBigIntegerField(default=0)
+    hash = models.CharField(max_length=64, blank=True)
+    purged_through = models.PositiveBigIntegerField(default=0)
+    purged_hash = models.CharField(max_length=64, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.chain} at {self.sequence}"
+
+
+class ContentAccessGrant(models.Model):
+    """Break-glass: one staff user may read one organization's conversations until `expires_at`.
+
+    Asked for with a written reason; recorded as a `staff.content_access` event in that
+    organization's audit log (accounts.oversight.content_access_grant).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    staff_user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="content_access_grants")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    reason = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["staff_user", "organization", "expires_at"], name="grant_lookup")]
+
+    def __str__(self) -> str:
+        return f"{self.staff_user} → {self.organization} until {self.expires_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None and timezone.now() < self.expires_at

@@ -78,8 +78,18 @@ class LedgerEntryQuerySet(models.QuerySet):
         raise TypeError("Ledger entries are immutable.")
 
 
+class LedgerKind(models.TextChoices):
+    USAGE = "usage", "Usage"
+    CREDIT = "credit", "Credit"
+    REFUND = "refund", "Refund"
+
+
 class LedgerEntry(models.Model):
-    """One provider call, billed once. Immutable: `request_id` is the call's unique id."""
+    """One provider call, billed once. Immutable: `request_id` is the call's unique id.
+
+    Credits and refunds granted by staff are compensating rows of their own (`kind`, a negative
+    `cost`, the reason in `note`): old rows never change, and every sum of `cost` accounts for them.
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
@@ -101,6 +111,8 @@ class LedgerEntry(models.Model):
     cached_input_per_mtok = models.DecimalField(**UNIT_PRICE)
     cost = models.DecimalField(**COST)
     estimated = models.BooleanField(default=False, help_text="Tokens counted by Parley: the provider reported none.")
+    kind = models.CharField(max_length=8, choices=LedgerKind.choices, default=LedgerKind.USAGE)
+    note = models.CharField(max_length=500, blank=True, help_text="A credit's or refund's reason.")
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = LedgerEntryQuerySet.as_manager()
