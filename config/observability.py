@@ -23,6 +23,7 @@ Tasks and streams started from there inherit both (asyncio copies context variab
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import enum
@@ -321,14 +322,23 @@ def celery_setup() -> None:
     in child processes: set PROMETHEUS_MULTIPROC_DIR too, or their counts are not seen."""
     from celery import signals
 
-    bound: dict[str, Mapping] = {}  # task id -> the tokens that restore what was bound before it
+    from accounts.audit import audit_bind, audit_unbind
+
+    bound: dict[str, tuple] = {}  # task id -> the tokens that restore what was bound before it
 
     def started(task_id=None, task=None, **kwargs):
-        bound[task_id] = bind_contextvars(request_id=task_id, organization_id=None, task=getattr(task, "name", None))
+        name = getattr(task, "name", None)
+        tokens = bind_contextvars(request_id=task_id, organization_id=None, task=name)
+        # Audit events a task writes are the system's, as in a worker (also when run eagerly).
+        audit = audit_bind(system=f"task {name}", user=None, api_key=None, ip_address=None, user_agent="")
+        bound[task_id] = (tokens, audit)
 
     def ended(task_id=None, **kwargs):
         # Reset, not cleared: an eager task runs inside the request that called it.
-        tokens = bound.pop(task_id, None)
+        tokens, audit = bound.pop(task_id, (None, None))
+        if audit is not None:
+            with contextlib.suppress(ValueError):  # a token from another context (never in Celery's own flow)
+                audit_unbind(audit)
         if tokens:
             reset_contextvars(**tokens)
 
