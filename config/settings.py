@@ -321,6 +321,11 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Parley <noreply@localhost>")
 # Scheme and host used in links of e-mails sent outside a request (invitations use the request's own).
 PARLEY_SITE_URL = env_str("PARLEY_SITE_URL", "http://127.0.0.1:8000")
 
+# --- Oversight --------------------------------------------------------------------------------
+# How many reverse proxies in front of Parley append to X-Forwarded-For: the audit log records the
+# address the outermost of them saw (0: REMOTE_ADDR, for a Parley reached directly).
+PARLEY_TRUSTED_PROXIES = env_int("PARLEY_TRUSTED_PROXIES", 0)
+
 # --- Request bodies ---------------------------------------------------------------------------
 # The largest body Parley reads, on every endpoint (REST, /v1/, forms): larger ones answer 413
 # `payload_too_large` with this limit in the message (docs/errors.md).
