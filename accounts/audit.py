@@ -271,3 +271,100 @@ def audit_record(
         head.sequence, head.hash = event.sequence, event.hash
         head.save(update_fields=["sequence", "hash"])
     return event
+
+
+# --- Reading ----------------------------------------------------------------------------------
+# The organization's own view of its trail (the "Audit log" tab and its CSV export). Every query
+# starts from one organization, so the (organization, -created_at) index serves it and no other
+# tenant's row can come back; the filters only narrow that.
+
+from django.db.models import Q, Subquery  # noqa: E402
+
+# The action names services record (the filter offers them even before one has happened).
+AUDIT_ACTIONS = (
+    "api_key.create", "api_key.revoke", "membership.invite", "invitation.revoke", "membership.join",
+    "membership.role_change", "membership.remove", "organization.create", "organization.rename",
+    "organization.tier_change", "organization.suspend", "organization.reactivate", "budget.update",
+    "price.create", "price.change", "price.delete", "model.create", "model.change", "model.delete",
+    "usage.export", "audit.export", "audit.purge", "auth.login", "auth.login_failed", "auth.logout",
+    "auth.mfa_enable", "auth.mfa_disable", "auth.password_change", "auth.password_reset",
+    "staff.content_access", "ledger.credit", "ledger.refund",
+)  # fmt: skip
+# The filter choices look at this many of the newest events only (an index range, however long the trail).
+CHOICES_WINDOW = 2000
+
+
+def audit_events_for(
+    *, organization: Organization | Any, actor: str | None = None, action: str | None = None, since=None, until=None
+):
+    """The organization's events, newest first: a lazy queryset (slice it, or `.iterator()` it).
+
+    `actor` is an actor's label (an e-mail, an API key's "name (prefix…)", a task's name) or a
+    user's e-mail (which also finds what they did with their API keys), case-insensitive. `action`
+    is a dotted name. `since` (inclusive) and `until` (exclusive) are aware datetimes.
+    """
+    organization_id = getattr(organization, "pk", organization)
+    if not organization_id:
+        return AuditEvent.objects.none()  # the platform chain is for staff only
+    events = AuditEvent.objects.for_organization(organization_id)
+    if actor:
+        events = events.filter(Q(actor_label__iexact=actor) | Q(actor_user__email__iexact=actor))
+    if action:
+        events = events.filter(action=action)
+    if since is not None:
+        events = events.filter(created_at__gte=since)
+    if until is not None:
+        events = events.filter(created_at__lt=until)
+    return events.order_by("-created_at", "-sequence")
+
+
+def _recent_values(organization_id: Any, field: str) -> set[str]:
+    recent = (
+        AuditEvent.objects.for_organization(organization_id)
+        .order_by("-created_at")
+        .values_list("pk", flat=True)[:CHOICES_WINDOW]
+    )
+    values = AuditEvent.objects.filter(pk__in=Subquery(recent)).exclude(**{field: ""})
+    return set(values.order_by().values_list(field, flat=True).distinct())
+
+
+def audit_actions_for(*, organization: Organization | Any) -> list[str]:
+    """The actions to offer in the filter: the known names and any other among the newest events."""
+    organization_id = getattr(organization, "pk", organization)
+    if not organization_id:
+        return []
+    return sorted(set(AUDIT_ACTIONS) | _recent_values(organization_id, "action"))
+
+
+def audit_actors_for(*, organization: Organization | Any) -> list[str]:
+    """The actors to suggest in the filter: the members' e-mails and the labels among the newest events."""
+    organization_id = getattr(organization, "pk", organization)
+    if not organization_id:
+        return []
+    members = set(User.objects.filter(memberships__organization_id=organization_id).values_list("email", flat=True))
+    return sorted(members | _recent_values(organization_id, "actor_label"), key=str.lower)
+
+
+def audit_export_start(*, membership, actor: str | None = None, action: str | None = None, since=None, until=None):
+    """An owner's or admin's CSV export: records `audit.export` (its filters in `changes`), then
+    returns the exported events, newest first, as an iterator (read while the answer streams)."""
+    from accounts.errors import PermissionDenied
+
+    if not membership.is_admin:
+        raise PermissionDenied("Only owners and admins can see the audit log.")
+    filters = {
+        "actor": actor or None,
+        "action": action or None,
+        "since": since.isoformat() if since is not None else None,
+        "until": until.isoformat() if until is not None else None,
+    }
+    organization = membership.organization
+    with transaction.atomic():
+        audit_record(
+            "audit.export",
+            organization=organization,
+            target=organization,
+            changes={name: [None, value] for name, value in filters.items()},
+        )
+    events = audit_events_for(organization=organization, actor=actor, action=action, since=since, until=until)
+    return events.iterator(chunk_size=2000)

@@ -1,19 +1,25 @@
 """Accounts pages: landing, dashboard, organization switcher, organization settings, API keys,
-invitations. Thin: parse the form, call one service or selector, render or redirect."""
+invitations, the audit log. Thin: parse the form, call one service or selector, render or redirect."""
 
+import csv
+import json
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import wraps
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.core.exceptions import PermissionDenied as PageForbidden
+from django.core.paginator import Page, Paginator
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from accounts import selectors, services
+from accounts import audit, selectors, services
 from accounts.errors import InvalidInput, NotFound, ParleyError
 from accounts.models import Role
 
@@ -288,3 +294,195 @@ def api_keys(request: HttpRequest) -> HttpResponse:
 def api_key_revoke(request: HttpRequest, key_id) -> HttpResponse:
     _run(request, lambda: services.api_key_revoke(membership=request.membership, key_id=key_id), "Key revoked.")
     return redirect(API_KEYS_URL)
+
+
+# --- Audit log (owners and admins) ------------------------------------------------------------
+
+AUDIT_PAGE_SIZE = 50
+CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _admin_only(request: HttpRequest) -> None:
+    """Admin-only organization pages answer members 403, as the organization API does."""
+    if not request.membership.is_admin:
+        raise PageForbidden("Only owners and admins can see the audit log.")
+
+
+class NextPagePaginator(Paginator):
+    """A Paginator that never counts: it reads one row more than a page to know whether another
+    follows (a COUNT(*) over a long audit trail would cost more than the page itself)."""
+
+    def validate_number(self, number) -> int:
+        try:
+            number = int(number)
+        except (TypeError, ValueError):
+            return 1
+        return max(1, number)
+
+    def page(self, number) -> "NextPage":
+        number = self.validate_number(number)
+        bottom = (number - 1) * self.per_page
+        rows = list(self.object_list[bottom : bottom + self.per_page + 1])
+        return NextPage(rows[: self.per_page], number, self, more=len(rows) > self.per_page)
+
+
+class NextPage(Page):
+    def __init__(self, object_list, number, paginator, *, more: bool) -> None:
+        super().__init__(object_list, number, paginator)
+        self.more = more
+
+    def has_next(self) -> bool:
+        return self.more
+
+    def start_index(self) -> int:
+        return (self.number - 1) * self.paginator.per_page + 1 if self.object_list else 0
+
+    def end_index(self) -> int:
+        return (self.number - 1) * self.paginator.per_page + len(self.object_list)
+
+
+@dataclass
+class AuditFilters:
+    actor: str = ""
+    action: str = ""
+    start: date | None = None  # the first day shown (UTC)
+    end: date | None = None  # the last day shown (UTC), inclusive
+
+    @property
+    def since(self) -> datetime | None:
+        return datetime.combine(self.start, time.min, tzinfo=UTC) if self.start else None
+
+    @property
+    def until(self) -> datetime | None:
+        return datetime.combine(self.end + timedelta(days=1), time.min, tzinfo=UTC) if self.end else None
+
+    def query(self) -> dict[str, str]:
+        """The filters as query parameters (page links and the CSV link keep them)."""
+        values = {"actor": self.actor, "action": self.action, "from": self.start, "to": self.end}
+        return {name: str(value) for name, value in values.items() if value}
+
+    def service_kwargs(self) -> dict:
+        return {"actor": self.actor or None, "action": self.action or None, "since": self.since, "until": self.until}
+
+
+def _audit_filters(request: HttpRequest) -> tuple[AuditFilters, str | None]:
+    """The filters of the query string, and what is wrong with them (the wrong part is dropped)."""
+    filters = AuditFilters(
+        actor=(request.GET.get("actor") or "").strip()[:255], action=(request.GET.get("action") or "").strip()[:64]
+    )
+    try:
+        filters.start = date.fromisoformat(request.GET["from"]) if request.GET.get("from") else None
+        filters.end = date.fromisoformat(request.GET["to"]) if request.GET.get("to") else None
+    except ValueError:
+        filters.start = filters.end = None
+        return filters, "Enter the dates as YYYY-MM-DD."
+    if filters.start and filters.end and filters.end < filters.start:
+        filters.start = filters.end = None
+        return filters, "The end date is before the start date."
+    return filters, None
+
+
+def _change_value(value) -> str:
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _change_lines(changes) -> list[tuple[str, str, str]]:
+    """{field: [before, after]} as (field, before, after) strings; anything else shown as it is."""
+    lines = []
+    for name, value in (changes or {}).items() if isinstance(changes, dict) else []:
+        if isinstance(value, list | tuple) and len(value) == 2:
+            lines.append((name, _change_value(value[0]), _change_value(value[1])))
+        else:
+            lines.append((name, "", _change_value(value)))
+    return lines
+
+
+def _actor_text(event) -> str:
+    return event.actor_label or event.get_actor_type_display()
+
+
+@require_GET
+@membership_required
+def organization_audit(request: HttpRequest) -> HttpResponse:
+    _admin_only(request)
+    organization = request.membership.organization
+    filters, error = _audit_filters(request)
+    events = audit.audit_events_for(organization=organization, **filters.service_kwargs())
+    page = NextPagePaginator(events, AUDIT_PAGE_SIZE).page(request.GET.get("page"))
+    rows = [{"event": event, "actor": _actor_text(event), "changes": _change_lines(event.changes)} for event in page]
+    query = filters.query()
+    return render(
+        request,
+        "accounts/audit.html",
+        {
+            "page": page,
+            "rows": rows,
+            "filters": filters,
+            "filter_error": error,
+            "filtered": bool(query),
+            "actions": audit.audit_actions_for(organization=organization),
+            "actors": audit.audit_actors_for(organization=organization),
+            "previous_query": urlencode({**query, "page": page.number - 1}) if page.has_previous() else "",
+            "next_query": urlencode({**query, "page": page.number + 1}) if page.has_next() else "",
+            "export_query": urlencode(query),
+        },
+    )
+
+
+def _csv_cell(value) -> str:
+    """A cell a spreadsheet will not run: text starting with = + - @ (or a tab/CR) gets a leading '."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(CSV_FORMULA_STARTS) else text
+
+
+AUDIT_CSV_HEADER = [
+    "created_at", "actor_type", "actor", "action", "target_type", "target_id", "target", "changes",
+    "ip_address", "user_agent", "request_id", "sequence", "event_id",
+]  # fmt: skip
+
+
+@require_GET
+@membership_required
+def organization_audit_csv(request: HttpRequest) -> HttpResponse:
+    _admin_only(request)
+    filters, error = _audit_filters(request)
+    if error:
+        return HttpResponseBadRequest(error)
+    membership = request.membership
+    events = audit.audit_export_start(membership=membership, **filters.service_kwargs())
+
+    class Echo:
+        def write(self, value: str) -> str:
+            return value
+
+    writer = csv.writer(Echo())
+
+    def lines():
+        yield writer.writerow(AUDIT_CSV_HEADER)
+        for e in events:
+            cells = [
+                e.created_at.astimezone(UTC).isoformat(),
+                e.actor_type,
+                e.actor_label,
+                e.action,
+                e.target_type,
+                e.target_id,
+                e.target_label,
+                json.dumps(e.changes, ensure_ascii=False, sort_keys=True) if e.changes else "",
+                e.ip_address,
+                e.user_agent,
+                e.request_id,
+                e.sequence,
+                e.id,
+            ]
+            yield writer.writerow([_csv_cell(cell) for cell in cells])
+
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    day = timezone.now().astimezone(UTC).date()
+    response["Content-Disposition"] = f'attachment; filename="parley-audit-{membership.organization.slug}-{day}.csv"'
+    response["Cache-Control"] = "no-store"
+    return response
