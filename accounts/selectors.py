@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 
-from accounts.errors import NotFound, PermissionDenied, Unauthenticated
+from accounts.errors import NotFound, OrganizationSuspended, PermissionDenied, Unauthenticated
 from accounts.models import ApiKey, Invitation, Membership, Organization, hash_api_key
 
 _T = TypeVar("_T", bound=Model)
@@ -165,7 +165,8 @@ def api_key_authenticate(*, secret: str) -> tuple[ApiKey, Membership]:
 
     Unknown, revoked and expired keys, and keys whose owner left the organization, all raise
     `Unauthenticated` with a message that says which (the secret itself is never echoed); a valid
-    key of an organization whose plan lacks the `api` feature raises `PermissionDenied`.
+    key of a suspended organization raises `OrganizationSuspended` (a `PermissionDenied`), and one of
+    an organization whose plan lacks the `api` feature `PermissionDenied`.
     Records when the key was last used (at most once a minute, to keep hot paths cheap).
     """
     if not secret:
@@ -185,6 +186,8 @@ def _api_key_resolve(hashed: str) -> tuple[ApiKey, Membership]:
     now = timezone.now()
     if key.expires_at is not None and now >= key.expires_at:
         raise Unauthenticated("This API key has expired.")
+    if membership.organization.is_suspended:
+        raise OrganizationSuspended.of(membership.organization)
     tier = membership.organization.tier
     if not tier.has_feature("api"):
         raise PermissionDenied(f"The {tier.name} plan does not include API access; keys work once the organization's plan does.")
@@ -210,6 +213,7 @@ def membership_refresh(*, membership: Membership, api_key: ApiKey | None = None)
       without the `api` feature → `PermissionDenied`).
     - A member no longer in the organization (whichever the credential) → `PermissionDenied`.
     - A session's user who was deactivated → `Unauthenticated`.
+    - An organization suspended by staff (whichever the credential) → `OrganizationSuspended`.
     """
     if api_key is not None:
         try:
@@ -232,6 +236,8 @@ def membership_refresh(*, membership: Membership, api_key: ApiKey | None = None)
         current = copy.copy(current)
     if not current.user.is_active:
         raise Unauthenticated("This account is inactive.")
+    if current.organization.is_suspended:
+        raise OrganizationSuspended.of(current.organization)
     return current, None
 
 

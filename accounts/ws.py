@@ -4,8 +4,10 @@ Programs send `Authorization: Bearer <key>` on the upgrade request; a browser ca
 header, so a bearer socket needs no origin check. Browsers come with the session cookie and must
 send an `Origin` that matches an allowed host (cross-site websocket hijacking). When neither works,
 `scope["membership"]` is None and `scope["auth_error"]` says why (`Unauthenticated`, or
-`PermissionDenied` for a plan without API access): the consumer accepts the socket and closes it at
-once with 4401 or 4403 (a refused upgrade would reach real clients as a bare HTTP 403).
+`PermissionDenied` for a plan without API access, or its `OrganizationSuspended` for an organization
+suspended by staff, whichever the credential): the consumer accepts the socket, sends the `error`
+frame and closes it at once with 4401 or 4403 (a refused upgrade would reach real clients as a bare
+HTTP 403).
 """
 
 from urllib.parse import urlparse
@@ -15,7 +17,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http.request import validate_host
 
-from accounts.errors import PermissionDenied, Unauthenticated
+from accounts.errors import OrganizationSuspended, PermissionDenied, Unauthenticated
 from accounts.middleware import SESSION_KEY
 from accounts.selectors import api_key_authenticate, bearer_secret, membership_default, membership_get
 
@@ -78,9 +80,13 @@ class MembershipMiddleware:
             elif not origin_allowed(_header(scope, b"origin")):
                 scope["auth_error"] = Unauthenticated("A session socket needs an Origin header of an allowed host.")
             else:
-                scope["membership"] = await _membership_for_session(user, scope.get("session"))
-                if scope["membership"] is None:
+                membership = await _membership_for_session(user, scope.get("session"))
+                if membership is None:
                     scope["auth_error"] = PermissionDenied("You are not a member of any organization.")
+                elif membership.organization.is_suspended:
+                    scope["auth_error"] = OrganizationSuspended.of(membership.organization)
+                else:
+                    scope["membership"] = membership
         return await self.inner(scope, receive, send)
 
 

@@ -99,6 +99,10 @@ _ROWS = [
               "No credentials, or a wrong, expired or revoked API key."),
     ErrorKind("permission_denied", 403, 403, "invalid_request_error", "permission_denied", "permission_denied",
               "Your role, or your organization's plan, does not allow this."),
+    ErrorKind("organization_suspended", 403, 403, "invalid_request_error", "organization_suspended",
+              "organization_suspended",
+              "Parley's staff suspended your organization: its API keys, turns and websockets are refused (members "
+              "can still log in, and the pages say why). Contact support."),
     ErrorKind("model_not_allowed", 403, 404, "invalid_request_error", "model_not_found", "model_not_allowed",
               "The model does not exist, is not in your plan, or has no price in effect.", openai_param="model"),
     ErrorKind("not_found", 404, 404, "invalid_request_error", "not_found", "not_found",

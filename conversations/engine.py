@@ -37,6 +37,7 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import Error as DatabaseFailure
 
+from accounts.errors import OrganizationSuspended
 from accounts.models import ApiKey, Membership
 from billing.reservations import TurnAuthorization, turn_authorize
 from billing.selectors import models_billable
@@ -204,6 +205,8 @@ def turn_prepare(
     per-message counts); by default the request is counted here. The tools are counted here either way.
     """
     membership = caller.membership
+    if membership.organization.is_suspended:  # by staff (accounts.oversight): no turn at all
+        raise OrganizationSuspended.of(membership.organization)
     tier = membership.organization.tier
     tools = tuple(request.tools) + (toolset.specs() if toolset is not None else ())
     if not tier.allows_model(request.model):

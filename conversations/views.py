@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from accounts.errors import InvalidInput, NotFound, ParleyError
+from accounts.errors import InvalidInput, NotFound, OrganizationSuspended, ParleyError
 from conversations import services
 from conversations.forms import ConversationStartForm, PersonaForm
 from conversations.frames import cost_str
@@ -209,6 +209,10 @@ def chat_detail(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
 @require_POST
 def chat_start(request: HttpRequest) -> JsonResponse:
     """Create an empty conversation with a persona and model (the first send then goes to it)."""
+    organization = request.membership.organization
+    if organization.is_suspended:
+        exc = OrganizationSuspended.of(organization)
+        return JsonResponse({"code": exc.code, "message": exc.message}, status=exc.http_status)
     form = ConversationStartForm(request.POST)
     if not form.is_valid():
         return JsonResponse({"code": "invalid_input", "message": "Pick a model and a persona."}, status=400)
