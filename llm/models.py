@@ -101,3 +101,43 @@ class ProviderCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} #{self.attempt} {self.status}"
+
+
+class ProviderCallDaily(models.Model):
+    """The call log rolled up per UTC day, provider and model (llm.rollup), so the staff console
+    reads a few rows a day whatever the log's size. Latencies are kept as histograms with the fixed
+    buckets of llm.rollup (`{bucket index: count}`), so percentiles of any range add up exactly."""
+
+    day = models.DateField()
+    provider = models.CharField(max_length=32)
+    model = models.CharField(max_length=64)
+    calls = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    ttft_count = models.PositiveIntegerField(default=0, help_text="Calls that reported a first token.")
+    ttft_sum_ms = models.BigIntegerField(default=0)
+    ttft_histogram = models.JSONField(default=dict, blank=True)
+    duration_sum_ms = models.BigIntegerField(default=0)
+    duration_histogram = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        verbose_name = "provider calls per day"
+        verbose_name_plural = "provider calls per day"
+        constraints = [
+            models.UniqueConstraint(fields=["day", "provider", "model"], name="unique_provider_call_day")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.provider}/{self.model}: {self.calls} calls"
+
+
+class ProviderCallRollupState(models.Model):
+    """Singleton: every day before `rolled_through` is in ProviderCallDaily; later days are read from the log."""
+
+    rolled_through = models.DateField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"call log rolled through {self.rolled_through}"
