@@ -7,8 +7,11 @@ class AccountsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from accounts import receivers
         from accounts.models import ApiKey, Membership, Organization, Tier, User
         from accounts.selectors import auth_generation_bump
+
+        receivers.connect()  # log-in, log-out, password and MFA events into the audit trail
 
         # What an authenticated API key carries: any change forgets the remembered keys.
         for model in (ApiKey, Membership, Organization, Tier, User):

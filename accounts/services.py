@@ -3,6 +3,10 @@
 Every function is keyword-only. Ids from outside (URLs, API bodies) are looked up inside the acting
 member's organization, so a foreign id raises the same `NotFound` as a missing one. Role rules raise
 `PermissionDenied`, bad input raises `InvalidInput`.
+
+Each change writes its audit event (accounts.audit) inside the same transaction, after the write
+succeeded: a refused or failing change leaves no event, and an event cannot commit without its
+change. Who acted comes from the bound audit context (the session user, the API key, a task).
 """
 
 from datetime import datetime, timedelta
@@ -18,6 +22,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
 
+from accounts.audit import audit_actor, audit_context, audit_record, changes_between
 from accounts.errors import InvalidInput, NotFound, PermissionDenied
 from accounts.middleware import SESSION_KEY
 from accounts.models import ApiKey, Invitation, Membership, Organization, Role, Tier, User, hash_api_key
@@ -95,12 +100,34 @@ def organization_create(*, name: str, owner: User, tier: Tier | None = None, is_
     tier = tier or Tier.objects.get(slug=DEFAULT_TIER_SLUG)
     organization = Organization.objects.create(name=name, slug=_unique_slug(name), tier=tier, is_personal=is_personal)
     Membership.objects.create(user=owner, organization=organization, role=Role.OWNER)
+    audit_record(
+        "organization.create",
+        organization=organization,
+        target=organization,
+        changes=changes_between(
+            {},
+            {
+                "name": name,
+                "slug": organization.slug,
+                "tier": tier.slug,
+                "is_personal": is_personal,
+                "owner": owner.email,
+            },
+        ),
+    )
     return organization
 
 
 def organization_create_personal(*, user: User) -> Organization:
-    """Every new user gets a personal organization on the free tier, as its owner."""
+    """Every new user gets a personal organization on the free tier, as its owner.
+
+    Created while the user signs up (nobody is logged in yet): the event names the new user as the
+    actor, unless someone else (a staff user, a task) is the bound actor."""
     label = user.name or user.email.split("@")[0]
+    context = audit_context()
+    if context.user is None and context.api_key is None and not context.system:
+        with audit_actor(user=user):
+            return organization_create(name=f"{label}'s workspace", owner=user, is_personal=True)
     return organization_create(name=f"{label}'s workspace", owner=user, is_personal=True)
 
 
@@ -109,9 +136,12 @@ def organization_rename(*, membership: Membership, name: str) -> Organization:
     _require_admin(membership)
     name = _clean_name(name, what="organization", max_length=NAME_MAX)
     organization = Organization.objects.select_for_update().get(pk=membership.organization_id)
+    changes = changes_between({"name": organization.name}, {"name": name})
     organization.name = name
     organization.save(update_fields=["name"])
     membership.organization.name = name
+    if changes:  # the same name again changes nothing
+        audit_record("organization.rename", organization=organization, target=organization, changes=changes)
     return organization
 
 
@@ -183,6 +213,13 @@ def invitation_create(
         invited_by=membership.user,
         expires_at=timezone.now() + timedelta(days=INVITATION_DAYS),
     )
+    audit_record(
+        "membership.invite",
+        organization=organization_id,
+        target=invitation,
+        target_label=email,
+        changes=changes_between({}, {"email": email, "role": role}),
+    )
     transaction.on_commit(lambda: _send_invitation_email(invitation.id, base_url))
     return invitation
 
@@ -229,6 +266,14 @@ def invitation_accept(*, user: User, token: str, organization_id: UUID | str | N
     invitation.accepted_at = timezone.now()
     invitation.accepted_by = user
     invitation.save(update_fields=["accepted_at", "accepted_by"])
+    audit_record(
+        "membership.join",
+        organization=invitation.organization_id,
+        target=membership,
+        target_label=user.email,
+        changes=changes_between({}, {"role": membership.role, "invitation": str(invitation.id)}),
+        user=user,  # whoever the context says, the one joining is the one accepting
+    )
     return Membership.objects.select_related("organization__tier", "user").get(pk=membership.pk)
 
 
@@ -245,7 +290,16 @@ def invitation_revoke(*, membership: Membership, invitation_id: UUID | str) -> N
         raise InvalidInput("This invitation has already been accepted; remove the member instead.")
     if invitation.role == Role.OWNER and not membership.is_owner:
         raise PermissionDenied("Only owners can revoke an invitation to become an owner.")
+    invitation_id = invitation.id
     invitation.delete()
+    audit_record(
+        "invitation.revoke",
+        organization=membership.organization_id,
+        target_type="invitation",
+        target_id=invitation_id,
+        target_label=invitation.email,
+        changes=changes_between({"email": invitation.email, "role": invitation.role}, {}),
+    )
 
 
 # --- Members ----------------------------------------------------------------------------------
@@ -262,10 +316,18 @@ def membership_change_role(*, membership: Membership, target_id: UUID | str, rol
         return target
     if target.role == Role.OWNER and owner_ids == [target.id]:
         raise PermissionDenied("An organization needs at least one owner: make someone else an owner first.")
+    changes = changes_between({"role": target.role}, {"role": role})
     target.role = role
     target.save(update_fields=["role"])
     if target.id == membership.id:
         membership.role = role
+    audit_record(
+        "membership.role_change",
+        organization=target.organization_id,
+        target=target,
+        target_label=target.user.email,
+        changes=changes,
+    )
     return target
 
 
@@ -286,15 +348,25 @@ def membership_remove(*, membership: Membership, target_id: UUID | str) -> None:
             "An organization needs at least one owner: make someone else an owner before "
             + ("leaving." if leaving else "removing this one.")
         )
-    ApiKey.objects.filter(
+    revoked = ApiKey.objects.filter(
         organization_id=target.organization_id, user_id=target.user_id, revoked_at__isnull=True
     ).update(revoked_at=timezone.now())
+    target_id = target.id
     target.delete()
+    audit_record(
+        "membership.remove",
+        organization=target.organization_id,
+        target_type="membership",
+        target_id=target_id,
+        target_label=target.user.email,
+        changes={**changes_between({"role": target.role}, {"role": None}), "api_keys_revoked": [0, revoked]},
+    )
 
 
 # --- API keys ---------------------------------------------------------------------------------
 
 
+@transaction.atomic
 def api_key_create(*, membership: Membership, name: str, expires_at: datetime | None = None) -> tuple[ApiKey, str]:
     """Create a key acting as this member. Returns the key and its secret, shown once."""
     name = _clean_name(name, what="key", max_length=API_KEY_NAME_MAX)
@@ -311,6 +383,14 @@ def api_key_create(*, membership: Membership, name: str, expires_at: datetime | 
         prefix=secret[:10],
         hashed_secret=hash_api_key(secret),
         expires_at=expires_at,
+    )
+    audit_record(  # the prefix identifies the key; the secret and its hash never go into an event
+        "api_key.create",
+        organization=key.organization_id,
+        target=key,
+        changes=changes_between(
+            {}, {"name": key.name, "prefix": key.prefix, "expires_at": key.expires_at, "user": membership.user.email}
+        ),
     )
     return key, secret
 
@@ -329,4 +409,10 @@ def api_key_revoke(*, membership: Membership, key_id: UUID | str) -> ApiKey:
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
+        audit_record(
+            "api_key.revoke",
+            organization=key.organization_id,
+            target=key,
+            changes=changes_between({"revoked_at": None}, {"revoked_at": key.revoked_at}),
+        )
     return key
