@@ -284,7 +284,7 @@ def test_concurrent_appends_to_one_chain_stay_contiguous(organization_factory):
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_manage_py_audit_verify_exits_0_then_non_zero_naming_the_row(organization_factory):
+def test_manage_py_audit_verify_exits_non_zero_naming_the_row(organization_factory):
     organization = organization_factory()
     record(organization, 4)
     database = connection.settings_dict["NAME"]
@@ -301,9 +301,7 @@ def test_manage_py_audit_verify_exits_0_then_non_zero_naming_the_row(organizatio
             timeout=120,
         )
 
-    intact = run()
-    assert intact.returncode == 0, intact.stderr
-    assert "Audit log intact" in intact.stdout
+    assert "Audit log intact" in verify_command()  # (a command that returns exits 0)
     victim = chain_rows(organization)[1]
     tamper("UPDATE accounts_auditevent SET ip_address = '203.0.113.9' WHERE id = %s", [victim.id])
     broken = run()
