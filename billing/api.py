@@ -1,6 +1,7 @@
 """REST API of billing: this period's spend and budgets, and ledger rows for a date range.
 
 Owners and admins see the organization's spend and every ledger row of it; members their own.
+Reading ledger rows is an export: each page writes a `usage.export` audit event.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from rest_framework.views import APIView
 from accounts.api import membership_of
 from accounts.serializers import error_responses
 from billing.periods import period_end, period_start
-from billing.selectors import budget_statuses, ledger_for_export, usage_report
+from billing.selectors import budget_statuses, usage_report
 from billing.serializers import LedgerPageSerializer, LedgerQuerySerializer, UsageSerializer
+from billing.usage import usage_export
 
 
 class UsageView(APIView):
@@ -79,12 +81,8 @@ class LedgerView(APIView):
         if end <= start:
             end = start + timedelta(days=1)
         offset, limit = query.validated_data["offset"], query.validated_data["limit"]
-        rows = ledger_for_export(
-            organization=membership.organization,
-            start=start,
-            end=end,
-            membership=None if membership.is_admin else membership,
-        )
+        # An export of the ledger: each page read is recorded (usage.export, with the range and page).
+        rows = usage_export(membership=membership, start=start, end=end, channel="api", offset=offset, limit=limit)
         page = list(islice(rows, offset, offset + limit + 1))
         more = len(page) > limit
         body = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
@@ -14,7 +14,9 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from accounts.models import Membership, Organization, Tier
-from billing.models import Budget, DailyUsage, LedgerEntry, PeriodSpend, Price, RollupState
+from billing.credits import CREDIT_KINDS, CREDIT_MODEL
+from billing.models import Budget, DailyUsage, LedgerEntry, LedgerKind, PeriodSpend, Price, RollupState
+from billing.money import usd
 from billing.periods import period_end, period_start
 
 ZERO = Decimal(0)
@@ -184,14 +186,46 @@ def _day_start(day: date) -> datetime:
 
 
 @dataclass(frozen=True)
+class CreditLine:
+    """A credit or refund granted by staff, as the usage pages list it."""
+
+    id: UUID
+    created_at: datetime
+    kind: str  # LedgerKind.CREDIT or .REFUND
+    reason: str
+    amount: Decimal  # negative: what it takes off the spend (the ledger row's cost)
+
+    @property
+    def label(self) -> str:
+        return f"{LedgerKind(self.kind).label}: {self.reason}"
+
+    @property
+    def shown(self) -> str:
+        return usd(self.amount)  # "-$5.00"
+
+
+@dataclass(frozen=True)
 class UsageReport:
     start: date
     end: date  # exclusive
-    total_cost: Decimal
+    total_cost: Decimal  # what was spent: usage plus credits and refunds (negative), as the ledger sums
     total_calls: int
-    by_day: list[tuple[date, Decimal]]
-    by_model: list[tuple[str, Decimal, int, int, int]]  # model, cost, calls, input, output
-    by_member: list[tuple[UUID | None, Decimal]]
+    by_day: list[tuple[date, Decimal]]  # usage per day (credits are listed in `credits`)
+    by_model: list[tuple[str, Decimal, int, int, int]]  # model, cost, calls, input, output (usage only)
+    by_member: list[tuple[UUID | None, Decimal]]  # usage only (credits are the organization's)
+    credits: list[CreditLine] = field(default_factory=list)  # oldest first
+
+    @property
+    def usage_cost(self) -> Decimal:
+        return sum((cost for _, cost in self.by_day), ZERO)
+
+    @property
+    def credits_cost(self) -> Decimal:
+        return sum((line.amount for line in self.credits), ZERO)
+
+    @property
+    def credits_shown(self) -> str:
+        return usd(self.credits_cost)
 
 
 def usage_report(
@@ -201,17 +235,22 @@ def usage_report(
 
     Days before the roll-up watermark come from DailyUsage (a few hundred rows a month whatever
     the ledger's size); later days are aggregated from the ledger, which holds at most a day or two.
+    Credits and refunds (billing.credits) are read from the ledger with their reasons, only on the
+    days whose summary says they have some; they count in `total_cost`, not per day, model or member.
+    A member's own report has none: credits are the organization's.
     """
     rolled = _rolled_through()
     split = min(max(rolled, start), end) if rolled else start
 
-    summary = DailyUsage.objects.filter(organization=organization, day__gte=start, day__lt=split)
-    ledger = LedgerEntry.objects.for_organization(organization).filter(
+    summary_all = DailyUsage.objects.filter(organization=organization, day__gte=start, day__lt=split)
+    ledger_all = LedgerEntry.objects.for_organization(organization).filter(
         created_at__gte=_day_start(split), created_at__lt=_day_start(end)
     )
     if membership is not None:
-        summary = summary.filter(membership=membership)
-        ledger = ledger.filter(membership=membership)
+        summary_all = summary_all.filter(membership=membership)
+        ledger_all = ledger_all.filter(membership=membership)
+    summary = summary_all.exclude(model=CREDIT_MODEL)
+    ledger = ledger_all.filter(kind=LedgerKind.USAGE)
 
     by_day: dict[date, Decimal] = {}
     for day, cost in summary.values_list("day").annotate(c=Sum("cost")).values_list("day", "c"):
@@ -252,6 +291,14 @@ def usage_report(
         ):
             by_member[member_id] = by_member.get(member_id, ZERO) + _exact(cost)
 
+    credits: list[CreditLine] = []
+    if membership is None:  # a member's own report has none: credits are the organization's
+        rolled_days = summary_all.filter(model=CREDIT_MODEL).values_list("day", flat=True).distinct()
+        credits = _credit_lines(
+            organization=organization,
+            ranges=[(day, day + timedelta(days=1)) for day in rolled_days] + ([(split, end)] if split < end else []),
+        )
+
     days = []
     day = start
     while day < end:
@@ -260,14 +307,32 @@ def usage_report(
     return UsageReport(
         start=start,
         end=end,
-        total_cost=sum((cost for _, cost in days), ZERO),
+        total_cost=sum((cost for _, cost in days), ZERO) + sum((line.amount for line in credits), ZERO),
         total_calls=sum(row[1] for row in by_model.values()),
         by_day=days,
         by_model=sorted(
             ((m, r[0], r[1], r[2], r[3]) for m, r in by_model.items()), key=lambda row: (-row[1], row[0])
         ),
         by_member=sorted(by_member.items(), key=lambda row: -row[1]),
+        credits=credits,
     )
+
+
+def _credit_lines(*, organization: Organization, ranges: list[tuple[date, date]]) -> list[CreditLine]:
+    """The credits of the days in `ranges` ([first, after) pairs): the report's ledger part, and the
+    rolled-up days whose summary has some, so a month's credits cost a look at those days only."""
+    if not ranges:
+        return []
+    when = Q()
+    for first, after in ranges:
+        when |= Q(created_at__gte=_day_start(first), created_at__lt=_day_start(after))
+    rows = (
+        LedgerEntry.objects.for_organization(organization)
+        .filter(when, kind__in=CREDIT_KINDS)
+        .order_by("created_at", "request_id")
+        .values_list("id", "created_at", "kind", "note", "cost")
+    )
+    return [CreditLine(id=i, created_at=at, kind=kind, reason=note, amount=_exact(cost)) for i, at, kind, note, cost in rows]
 
 
 def ledger_for_export(

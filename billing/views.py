@@ -19,6 +19,7 @@ from accounts.errors import NotFound, ParleyError
 from accounts.selectors import member_get_in_organization, organization_members
 from billing import budgets, selectors
 from billing.periods import period_end, period_start
+from billing.usage import usage_export
 
 CHART_WIDTH = 720
 CHART_HEIGHT = 160
@@ -103,6 +104,11 @@ def _parse_day(value: str | None, default: date) -> date:
     return date.fromisoformat(value)
 
 
+def _cell(text: str) -> str:
+    """Free text as a CSV cell a spreadsheet shows rather than runs (a leading = + - @ is a formula)."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 @member_required
 def usage_csv(request: HttpRequest) -> HttpResponse:
     """The ledger for days [start, end] inclusive: the whole organization for owners/admins, else one's own."""
@@ -115,12 +121,7 @@ def usage_csv(request: HttpRequest) -> HttpResponse:
         return HttpResponseBadRequest("Dates are YYYY-MM-DD.")
     if end < start:
         return HttpResponseBadRequest("The end date is before the start date.")
-    rows = selectors.ledger_for_export(
-        organization=membership.organization,
-        start=start,
-        end=end + timedelta(days=1),
-        membership=None if membership.is_admin else membership,
-    )
+    rows = usage_export(membership=membership, start=start, end=end + timedelta(days=1), channel="csv")
 
     class Echo:
         def write(self, value: str) -> str:
@@ -130,7 +131,7 @@ def usage_csv(request: HttpRequest) -> HttpResponse:
     header = [
         "created_at", "request_id", "member", "api_key", "conversation_id", "message_id", "provider", "model",
         "input_tokens", "output_tokens", "cached_input_tokens", "input_per_mtok", "output_per_mtok",
-        "cached_input_per_mtok", "cost_usd", "estimated",
+        "cached_input_per_mtok", "cost_usd", "estimated", "kind", "note",
     ]  # fmt: skip
 
     def lines():
@@ -154,6 +155,8 @@ def usage_csv(request: HttpRequest) -> HttpResponse:
                     f"{e.cached_input_per_mtok:f}",
                     f"{e.cost:f}",
                     int(e.estimated),
+                    e.kind,
+                    _cell(e.note),
                 ]
             )
 
