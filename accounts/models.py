@@ -345,7 +345,7 @@ class ContentAccessGrant(models.Model):
     """Break-glass: one staff user may read one organization's conversations until `expires_at`.
 
     Asked for with a written reason; recorded as a `staff.content_access` event in that
-    organization's audit log (accounts.oversight.content_access_grant).
+    organization's audit log (accounts.content_access.content_access_request).
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)

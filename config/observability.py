@@ -322,11 +322,11 @@ def celery_setup() -> None:
     in child processes: set PROMETHEUS_MULTIPROC_DIR too, or their counts are not seen."""
     from celery import signals
 
-    from accounts.audit import audit_bind, audit_unbind
-
     bound: dict[str, tuple] = {}  # task id -> the tokens that restore what was bound before it
 
     def started(task_id=None, task=None, **kwargs):
+        from accounts.audit import audit_bind  # not at import: config.celery loads before the apps
+
         name = getattr(task, "name", None)
         tokens = bind_contextvars(request_id=task_id, organization_id=None, task=name)
         # Audit events a task writes are the system's, as in a worker (also when run eagerly).
@@ -337,6 +337,8 @@ def celery_setup() -> None:
         # Reset, not cleared: an eager task runs inside the request that called it.
         tokens, audit = bound.pop(task_id, (None, None))
         if audit is not None:
+            from accounts.audit import audit_unbind
+
             with contextlib.suppress(ValueError):  # a token from another context (never in Celery's own flow)
                 audit_unbind(audit)
         if tokens:
