@@ -76,7 +76,7 @@ class Conversation(models.Model):
         ]
 
     def __str__(self) -> str:
-        return self.title or f"Conversation {self.id}"
+        return f"Conversation {self.id}"  # never the title: staff lists and logs must not show content
 
 
 class Role(models.TextChoices):
