@@ -125,7 +125,7 @@ def organization_create_personal(*, user: User) -> Organization:
     actor, unless someone else (a staff user, a task) is the bound actor."""
     label = user.name or user.email.split("@")[0]
     context = audit_context()
-    if context.user is None and context.api_key is None and not context.system:
+    if not getattr(context.user, "is_authenticated", False) and context.api_key is None and not context.system:
         with audit_actor(user=user):
             return organization_create(name=f"{label}'s workspace", owner=user, is_personal=True)
     return organization_create(name=f"{label}'s workspace", owner=user, is_personal=True)
@@ -388,9 +388,7 @@ def api_key_create(*, membership: Membership, name: str, expires_at: datetime | 
         "api_key.create",
         organization=key.organization_id,
         target=key,
-        changes=changes_between(
-            {}, {"name": key.name, "prefix": key.prefix, "expires_at": key.expires_at, "user": membership.user.email}
-        ),
+        changes=changes_between({}, {"name": key.name, "prefix": key.prefix, "expires_at": key.expires_at}),
     )
     return key, secret
 
