@@ -129,18 +129,20 @@ def test_another_organizations_events_never_appear(login, org_a, org_b):
     assert list(audit.audit_events_for(organization=org_b.organization, action="budget.update")) == []
 
 
-def test_staff_break_glass_grants_show_like_any_event(login, org_a, user_factory):
+def test_staff_break_glass_grants_show_like_any_event(login, org_a, org_b, user_factory):
+    from accounts.content_access import content_access_request
+
     staff = user_factory(email="support@parley.example", is_staff=True)
-    with audit_actor(user=staff, ip_address="198.51.100.4"):
-        audit_record(
-            "staff.content_access",
-            organization=org_a.organization,
-            target=org_a.organization,
-            changes={"reason": [None, "Abuse report #42"], "expires_at": [None, "2026-12-02T05:00:00+00:00"]},
-        )
-    html = body(login(org_a.owner).get(AUDIT_URL + "?action=staff.content_access"))
+    content_access_request(
+        staff_user=staff, organization=org_a.organization, reason="Abuse report #42 on a shared chat"
+    )
+    content_access_request(staff_user=staff, organization=org_b.organization, reason="Globex billing question here")
+    html = events_section(body(login(org_a.owner).get(AUDIT_URL + "?action=staff.content_access")))
+    assert html.count('<tr data-action="staff.content_access">') == 1
     assert "support@parley.example" in html and "Staff user" in html
-    assert "<strong>reason</strong>: — → Abuse report #42" in html
+    assert "<strong>reason</strong>: — → Abuse report #42 on a shared chat" in html
+    assert "<strong>minutes</strong>: — → 60" in html
+    assert "Globex" not in html
 
 
 def test_events_recorded_by_real_services_show(login, org_a, api_key_factory):
