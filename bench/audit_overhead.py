@@ -9,9 +9,9 @@ one call at a time, as a request makes them (the owner bound as the audit actor)
 `accounts.services.api_key_create` and `accounts.services.membership_change_role` (the member
 flips between member and admin, so every call is a change). Events are switched off with
 `settings.PARLEY_AUDIT_ENABLED = False` (accounts.audit.audit_enabled); rounds alternate off / on,
-each after a warm-up, since the machine's load drifts. The bench measures the services as they are:
-it counts the events each call wrote, and says so when a service records none (then "on" and
-"off" run the same code).
+each after a warm-up, since the machine's load drifts. DEBUG is off, as in production. The bench
+measures the services as they are: it counts the events each call wrote, and says so when a
+service records none (then "on" and "off" run the same code), and the SQL statements of one call.
 
 With --verify-rows N it also loads one chain of N valid events (COPY, hashes computed here) and
 times `audit_verify` on it, with the process's peak memory before and after (the walk streams).
@@ -39,7 +39,8 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.db import connection  # noqa: E402
+from django.db import connection, reset_queries  # noqa: E402
+from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from accounts.audit import GENESIS_HASH, audit_actor, event_hash  # noqa: E402
@@ -87,15 +88,22 @@ def measure(name: str, operation, organization_id, *, ops: int, rounds: int, war
             before = AuditEvent.objects.filter(organization_id=organization_id).count()
             samples[enabled] += run(operation, ops, warmup)
             events[enabled] += AuditEvent.objects.filter(organization_id=organization_id).count() - before
+    statements = {}
+    for n, enabled in enumerate((False, True)):  # SQL statements of one call (BEGIN, COMMIT not counted)
+        settings.PARLEY_AUDIT_ENABLED = enabled
+        reset_queries()
+        with CaptureQueriesContext(connection) as captured:
+            operation(n)  # (0 then 1: the role flips to admin and back, each a change)
+        statements[enabled] = len(captured)
     settings.PARLEY_AUDIT_ENABLED = True
     per_op = {enabled: events[enabled] / ((ops + warmup) * rounds) for enabled in (False, True)}
-    return {"name": name, "samples": samples, "events_per_op": per_op}
+    return {"name": name, "samples": samples, "events_per_op": per_op, "statements": statements}
 
 
 def report(rows: list[dict]) -> None:
     print(
         f"{'operation':<26} {'off median':>10} {'off p95':>8} {'on median':>10} {'on p95':>8} "
-        f"{'added ms':>9} {'ratio':>6} {'events/op on':>13}"
+        f"{'added ms':>9} {'ratio':>6} {'events/op on':>13} {'SQL off/on':>10}"
     )
     for row in rows:
         off, on = row["samples"][False], row["samples"][True]
@@ -103,7 +111,7 @@ def report(rows: list[dict]) -> None:
         print(
             f"{row['name']:<26} {off_median:>10.3f} {percentile(off, 95):>8.3f} {on_median:>10.3f} "
             f"{percentile(on, 95):>8.3f} {on_median - off_median:>9.3f} {on_median / off_median:>6.2f} "
-            f"{row['events_per_op'][True]:>13.2f}"
+            f"{row['events_per_op'][True]:>13.2f} {row['statements'][False]:>6}/{row['statements'][True]}"
         )
         if row["events_per_op"][True] == 0:
             print(f"  note: {row['name']} recorded no audit event: on and off ran the same code")
@@ -157,6 +165,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--verify-rows", type=int, default=0, help="also time audit_verify on a chain this long")
     args = parser.parse_args()
+    settings.DEBUG = False  # as in production: no query log kept per statement
     if connection.vendor != "postgresql":
         sys.exit("Set DATABASE_URL to a PostgreSQL database (the benchmark is for PostgreSQL).")
 
