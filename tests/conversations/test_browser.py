@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, seria
 
 CHROMIUM = os.environ.get("PLAYWRIGHT_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN_DELAY = "0.01"  # seconds per demo token: fast, yet an answer visibly grows in steps
+TOKEN_DELAY = "0.02"  # seconds per demo token: an answer visibly grows in steps, and /long (~8 s) outlasts a reload on a loaded machine
 
 
 def _free_port() -> int:
