@@ -72,7 +72,7 @@ if PRODUCTION:
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "config.apps.ParleyAdminConfig",  # django.contrib.admin with Parley's site (the staff console)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -219,6 +219,7 @@ CELERY_BEAT_SCHEDULE.update(
         "billing-release-expired-reservations": {"task": "billing.reservations_release_expired", "schedule": 60.0},
         "billing-budget-alerts": {"task": "billing.budget_alerts_sweep", "schedule": 300.0},
         "billing-usage-rollup": {"task": "billing.usage_rollup", "schedule": 900.0},
+        "llm-call-log-rollup": {"task": "llm.call_log_rollup", "schedule": 900.0},
     }
 )
 
@@ -325,6 +326,12 @@ PARLEY_SITE_URL = env_str("PARLEY_SITE_URL", "http://127.0.0.1:8000")
 # How many reverse proxies in front of Parley append to X-Forwarded-For: the audit log records the
 # address the outermost of them saw (0: REMOTE_ADDR, for a Parley reached directly).
 PARLEY_TRUSTED_PROXIES = env_int("PARLEY_TRUSTED_PROXIES", 0)
+# Audit events older than this many days are deleted by `manage.py audit_purge` (only by it: no
+# scheduled task); unset keeps them forever.
+AUDIT_RETENTION_DAYS = int(os.environ["AUDIT_RETENTION_DAYS"]) if env_str("AUDIT_RETENTION_DAYS") else None
+# How long a staff user's break-glass access to one organization's conversations lasts by default
+# (accounts.content_access; 5 to 480 minutes).
+PARLEY_CONTENT_ACCESS_MINUTES = env_int("PARLEY_CONTENT_ACCESS_MINUTES", 60)
 
 # --- Request bodies ---------------------------------------------------------------------------
 # The largest body Parley reads, on every endpoint (REST, /v1/, forms): larger ones answer 413
