@@ -20,6 +20,7 @@ from billing import console
 CHART_WIDTH = 720
 CHART_HEIGHT = 160
 LONGEST_RANGE_DAYS = 366
+ORGANIZATION_ROWS = 50  # the page lists the highest spenders; the total counts every organization
 
 
 def _day_bars(by_day: list[tuple[date, Decimal]]) -> dict:
@@ -88,7 +89,10 @@ class ParleyAdminSite(admin.AdminSite):
             "end": end,
             "error": error,
             "day_chart": _day_bars(data.spend.by_day),
-            "organization_bars": _share(by_organization, max((r.cost for r in by_organization), default=Decimal(0))),
+            "organization_bars": _share(
+                by_organization[:ORGANIZATION_ROWS], max((r.cost for r in by_organization), default=Decimal(0))
+            ),
+            "organizations_more": max(0, len(by_organization) - ORGANIZATION_ROWS),
             "model_bars": _share(by_model, max((r.cost for r in by_model), default=Decimal(0))),
         }
         request.current_app = self.name

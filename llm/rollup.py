@@ -100,7 +100,7 @@ class CallStats:
     duration_sum_ms: int = 0
     duration_histogram: dict[int, int] = field(default_factory=dict)
 
-    def add(self, other: CallStats | ProviderCallDaily) -> None:
+    def add(self, other: CallStats) -> None:
         self.calls += other.calls
         self.errors += other.errors
         self.cancelled += other.cancelled
@@ -244,7 +244,12 @@ def _rolled_through() -> date | None:
     return state.rolled_through if state else None
 
 
-def _merged(parts: Iterable[CallStats | ProviderCallDaily], key) -> dict:
+# ProviderCallDaily's columns in the order of CallStats' fields
+_DAILY_FIELDS = ("provider", "model", "calls", "errors", "cancelled", "input_tokens", "output_tokens", "ttft_count",
+                 "ttft_sum_ms", "ttft_histogram", "duration_sum_ms", "duration_histogram")
+
+
+def _merged(parts: Iterable[CallStats], key) -> dict:
     merged: dict = {}
     for part in parts:
         k = key(part)
@@ -262,9 +267,10 @@ def call_log_stats(*, start: date, end: date) -> list[CallStats]:
     """
     rolled = _rolled_through()
     split = min(max(rolled, start), end) if rolled else start
-    parts: list[CallStats | ProviderCallDaily] = list(
-        ProviderCallDaily.objects.filter(day__gte=start, day__lt=split)
-    )
+    parts = [
+        CallStats(*row)
+        for row in ProviderCallDaily.objects.filter(day__gte=start, day__lt=split).values_list(*_DAILY_FIELDS)
+    ]
     if split < end:
         parts.extend(_aggregate(_day_start(split), _day_start(end)).values())
     merged = _merged(parts, key=lambda part: (part.provider, part.model))

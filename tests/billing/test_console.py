@@ -108,10 +108,11 @@ def month(org_a, org_b, organization_factory, member_factory):
                 )
             )
         day += timedelta(days=1)
-    # A staff credit: a compensating row with a negative cost, counted in every sum.
+    # A staff credit (as billing.credits writes it): a compensating row with a negative cost and no
+    # model, counted in every sum of cost but not as a call.
     entries.append(
         LedgerEntry(
-            organization=org_b.organization, membership=None, request_id=f"credit-{uuid.uuid4()}", model="gpt-5.2",
+            organization=org_b.organization, membership=None, request_id=f"credit-{uuid.uuid4()}", model="",
             input_per_mtok=0, output_per_mtok=0, cached_input_per_mtok=0, cost=Decimal("-0.012345678901"),
             kind=LedgerKind.CREDIT, note="outage", created_at=datetime(2026, 10, 25, 12, tzinfo=UTC),
         )
@@ -142,7 +143,7 @@ def _expected_spend(start: date, end: date):
         by_org[e.organization_id] += e.cost
         by_model[e.model] += e.cost
         by_day[e.created_at.astimezone(UTC).date()] += e.cost
-        calls_by_org[e.organization_id] += 1
+        calls_by_org[e.organization_id] += e.kind == LedgerKind.USAGE  # a credit is not a call
     return by_org, by_model, by_day, calls_by_org
 
 
@@ -398,3 +399,15 @@ def test_non_staff_get_the_admin_login(client, org_a, who):
     response = client.get("/admin/console/")
     assert response.status_code == 302
     assert response["Location"].startswith("/admin/login/?next=/admin/console/")
+
+
+def test_the_call_log_rollup_runs_on_beat(month):
+    from django.conf import settings
+
+    from llm import tasks
+
+    assert {"task": "llm.call_log_rollup", "schedule": 900.0} in settings.CELERY_BEAT_SCHEDULE.values()
+    before = rollup.call_log_stats(start=MONTH_START, end=MONTH_END)
+    assert tasks.call_log_rollup.delay().get() > 0  # rolls from the watermark through yesterday
+    assert ProviderCallRollupState.objects.get().rolled_through > MONTH_END
+    assert rollup.call_log_stats(start=MONTH_START, end=MONTH_END) == before  # now all from the rollup
