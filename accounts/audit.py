@@ -34,8 +34,10 @@ from accounts.models import ActorType, ApiKey, AuditChainHead, AuditEvent, Organ
 PLATFORM_CHAIN = "platform"
 GENESIS_HASH = "0" * 64
 USER_AGENT_MAX = 400
-# Field names whose values never go into an event (the change is recorded, the value is not).
-_SECRET_MARKERS = ("password", "secret", "token", "hashed", "key_value", "otp", "recovery")
+# Field names whose values never go into an event (the change is recorded, the value is not): any
+# name with one of these words (`token`, `hashed_secret`, `password1`, `recovery_codes`), but not
+# `max_output_tokens`.
+_SECRET_WORDS = frozenset({"secret", "token", "hashed", "otp", "recovery", "totp"})
 REDACTED = "[redacted]"
 
 
@@ -127,8 +129,8 @@ def context_from_scope(scope: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def is_secret_field(name: str) -> bool:
-    lowered = name.lower()
-    return any(marker in lowered for marker in _SECRET_MARKERS)
+    words = name.lower().replace("-", "_").split("_")
+    return any(word in _SECRET_WORDS or word.startswith("password") for word in words)
 
 
 def _plain(value: Any) -> Any:

@@ -52,6 +52,8 @@ class LedgerEntrySerializer(serializers.Serializer):
     cached_input_tokens = serializers.IntegerField()
     cost = serializers.DecimalField(**MONEY)
     estimated = serializers.BooleanField()
+    kind = serializers.CharField(help_text="usage, or credit / refund (granted by staff, a negative cost).")
+    note = serializers.CharField(help_text="A credit's or refund's reason.")
 
 
 class LedgerPageSerializer(serializers.Serializer):
