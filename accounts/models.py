@@ -306,6 +306,9 @@ class AuditEvent(models.Model):
             models.Index(fields=["organization", "-created_at"], name="audit_org_created"),
             models.Index(fields=["organization", "sequence"], name="audit_org_sequence"),
             models.Index(fields=["actor_user", "-created_at"], name="audit_actor_created"),
+            # The staff admin's exact searches (a request's or an object's whole trail).
+            models.Index(fields=["request_id"], name="audit_request_id"),
+            models.Index(fields=["target_id"], name="audit_target_id"),
         ]
         triggers = [
             pgtrigger.Protect(name="audit_append_only", operation=pgtrigger.Update | pgtrigger.Delete),

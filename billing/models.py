@@ -123,6 +123,8 @@ class LedgerEntry(models.Model):
         indexes = [
             models.Index(fields=["organization", "created_at"], name="ledger_org_created"),
             models.Index(fields=["organization", "membership", "created_at"], name="ledger_org_member_created"),
+            # Platform-wide day ranges: the usage rollup's tail and the staff console.
+            models.Index(fields=["created_at"], name="ledger_created"),
         ]
 
     def __str__(self) -> str:

@@ -25,7 +25,10 @@ def _collect_beat_schedules(sender: Celery, **kwargs) -> None:
         try:
             module = import_module(f"{name}.beat")
         except ModuleNotFoundError as exc:
-            if exc.name != f"{name}.beat":
+            # No beat module (or the entry is an AppConfig path, e.g. config.apps.ParleyAdminConfig):
+            # nothing to merge. A missing import inside a beat module still fails loudly.
+            wanted = f"{name}.beat"
+            if exc.name != wanted and not wanted.startswith(f"{exc.name}."):
                 raise
             continue
         schedule.update(getattr(module, "BEAT_SCHEDULE", {}))

@@ -781,7 +781,10 @@
     if (link) link.textContent = title;
   }
 
+  var lastErrorFrame = null;  // the error frame a refusing close (4403) follows, if any
+
   function onError(frame) {
+    lastErrorFrame = frame;
     var entry = frame.client_id ? inflight.get(frame.client_id) : null;
     if (entry) {
       inflight.delete(frame.client_id);
@@ -857,6 +860,11 @@
       if (event.code === 4403) {
         // No longer a member of this organization (or no access): reconnecting cannot help.
         signedOut = true;
+        if (lastErrorFrame && lastErrorFrame.code === "organization_suspended") {
+          setConn("offline", "suspended");
+          showAlert(lastErrorFrame.code, lastErrorFrame.message);
+          return;
+        }
         setConn("offline", "no access");
         showAlert("permission_denied", "You no longer have access to this organization. Reload the page.");
         return;
