@@ -62,8 +62,9 @@ def audit_context() -> AuditContext:
 @contextlib.contextmanager
 def audit_actor(**fields: Any) -> Iterator[AuditContext]:
     """Act as someone for the block: `audit_actor(system="manage.py organization_suspend")`,
-    `audit_actor(user=staff_user)`. Fields not given keep the surrounding context's values."""
-    token = _context.set(replace(_context.get(), **fields))
+    `audit_actor(user=staff_user)`. Fields not given keep the surrounding context's values, except
+    that a user given without a key acts as that user, not through a key bound around it."""
+    token = audit_bind(**fields)
     try:
         yield _context.get()
     finally:
@@ -72,6 +73,8 @@ def audit_actor(**fields: Any) -> Iterator[AuditContext]:
 
 def audit_bind(**fields: Any):
     """Set context fields until the returned token is reset (middleware); see `audit_actor`."""
+    if "user" in fields:
+        fields.setdefault("api_key", None)
     return _context.set(replace(_context.get(), **fields))
 
 
