@@ -33,6 +33,10 @@ MONTH_END = date(2026, 11, 1)  # exclusive
 ROLLED_THROUGH = date(2026, 10, 20)  # days 1-19 rolled up, 20-31 read from the tail
 MODELS = {"gpt-5.2": "openai", "gpt-5.2-instant": "openai", "claude-sonnet-4-5": "anthropic", "gemini-3-flash": "gemini"}
 
+# Shaped like a provider key (built here, so the repository holds no key-shaped string): the
+# console must redact it from failure messages.
+KEY_LIKE = "sk-" + "abcdef" + "ghijklmnop" + "1234567890"
+
 
 def _at(rng: random.Random, day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(seconds=rng.randrange(86400))
@@ -101,7 +105,7 @@ def month(org_a, org_b, organization_factory, member_factory):
                     output_tokens=rng.randrange(0, 2000),
                     status=status,
                     error_class="RateLimited" if status == "error" else "",
-                    error_message="429 from upstream, key sk-abcdefghijklmnop1234567890 " + "x" * 300
+                    error_message=f"429 from upstream, key {KEY_LIKE} " + "x" * 300
                     if status == "error"
                     else "",
                     prompt_sha256="0" * 64,
