@@ -18,11 +18,9 @@ from django.views.decorators.http import require_POST
 from accounts.errors import NotFound, ParleyError
 from accounts.selectors import member_get_in_organization, organization_members
 from billing import budgets, selectors
+from billing.charts import day_bars
 from billing.periods import period_end, period_start
 from billing.usage import usage_export
-
-CHART_WIDTH = 720
-CHART_HEIGHT = 160
 
 
 def member_required(view):
@@ -37,28 +35,6 @@ def member_required(view):
     return wrapped
 
 
-def _bars(by_day: list[tuple[date, Decimal]]) -> dict:
-    """Geometry of a server-rendered SVG bar chart (no JavaScript, no CDN)."""
-    top = max((cost for _, cost in by_day), default=Decimal(0))
-    slot = CHART_WIDTH / max(1, len(by_day))
-    bars = []
-    for index, (day, cost) in enumerate(by_day):
-        height = float(cost / top) * (CHART_HEIGHT - 20) if top > 0 else 0.0
-        bars.append(
-            {
-                "x": round(index * slot + 1, 1),
-                "y": round(CHART_HEIGHT - height, 1),
-                "width": round(max(1.0, slot - 2), 1),
-                "height": round(height, 1),
-                "day": day,
-                "cost": cost,
-                "label": day.day == 1 or index == 0 or day.day % 5 == 0,
-                "label_x": round(index * slot + slot / 2, 1),
-            }
-        )
-    return {"bars": bars, "width": CHART_WIDTH, "height": CHART_HEIGHT, "top": top}
-
-
 @member_required
 def usage_page(request: HttpRequest) -> HttpResponse:
     membership = request.membership
@@ -71,7 +47,7 @@ def usage_page(request: HttpRequest) -> HttpResponse:
     context = {
         "budgets": selectors.budget_statuses(membership=membership, at=now),
         "report": report,
-        "chart": _bars(report.by_day),
+        "chart": day_bars(report.by_day),
         "period_label": f"{start:%B %Y}",
         "resets_at": period_end(now),
         "org_wide": scope_member is None,

@@ -16,33 +16,10 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from billing import console
+from billing.charts import day_bars
 
-CHART_WIDTH = 720
-CHART_HEIGHT = 160
 LONGEST_RANGE_DAYS = 366
 ORGANIZATION_ROWS = 50  # the page lists the highest spenders; the total counts every organization
-
-
-def _day_bars(by_day: list[tuple[date, Decimal]]) -> dict:
-    """Geometry of the spend-per-day SVG bar chart."""
-    top = max((cost for _, cost in by_day), default=Decimal(0))
-    slot = CHART_WIDTH / max(1, len(by_day))
-    bars = []
-    for index, (day, cost) in enumerate(by_day):
-        height = float(cost / top) * (CHART_HEIGHT - 20) if top > 0 else 0.0
-        bars.append(
-            {
-                "x": round(index * slot + 1, 1),
-                "y": round(CHART_HEIGHT - max(height, 0.0), 1),
-                "width": round(max(1.0, slot - 2), 1),
-                "height": round(max(height, 0.0), 1),
-                "day": day,
-                "cost": cost,
-                "label": index == 0 or day.day == 1 or day.day % 5 == 0,
-                "label_x": round(index * slot + slot / 2, 1),
-            }
-        )
-    return {"bars": bars, "width": CHART_WIDTH, "height": CHART_HEIGHT, "top": top}
 
 
 def _share(rows: list, top: Decimal) -> list[dict]:
@@ -88,7 +65,7 @@ class ParleyAdminSite(admin.AdminSite):
             "start": start,
             "end": end,
             "error": error,
-            "day_chart": _day_bars(data.spend.by_day),
+            "day_chart": day_bars(data.spend.by_day),
             "organization_bars": _share(
                 by_organization[:ORGANIZATION_ROWS], max((r.cost for r in by_organization), default=Decimal(0))
             ),
